@@ -1,0 +1,96 @@
+# drfs - one non-recursive Makefile.
+#
+#   make            build ./drfs
+#   make test       install what is missing, build, run unit (under ASan+UBSan)
+#                   and integration tests
+#   make run        install what is missing, build, mount a demo data directory
+#   make bench      run the benchmarks in bench/
+#   make install    install drfs and the mount(8) helper
+#   make SAN=1      build everything with AddressSanitizer + UBSan
+
+CC       ?= cc
+CFLAGS   ?= -O2 -g
+PREFIX   ?= /usr/local
+SAN      ?=
+
+WARNINGS := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
+BASEFLAGS := -std=gnu17 $(WARNINGS) -D_GNU_SOURCE -MMD -MP
+PKG_CFLAGS := $(shell pkg-config --cflags fuse3 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs fuse3 2>/dev/null) -lpthread
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+ifeq ($(SAN),1)
+BUILD := build/san
+EXTRA := $(SANFLAGS)
+else
+BUILD := build/release
+EXTRA :=
+endif
+
+COMMON_SRC := common/log.c common/util.c
+FS_SRC     := fs/inode.c fs/mutate.c fs/ops.c fs/session.c
+TOOLS_SRC  := tools/drfs.c tools/cmd_init.c tools/cmd_mount.c tools/cmd_status.c
+DRFS_SRC   := $(COMMON_SRC) $(FS_SRC) $(TOOLS_SRC)
+
+obj = $(patsubst %.c,$(1)/%.o,$(2))
+
+.PHONY: all test unit integration run bench install uninstall deps clean
+all: drfs
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(BASEFLAGS) $(PKG_CFLAGS) $(CFLAGS) $(EXTRA) -c -o $@ $<
+
+drfs: $(call obj,$(BUILD),$(DRFS_SRC))
+	$(CC) $(CFLAGS) $(EXTRA) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+# Unit tests are always built with the sanitizers.
+UNIT_BUILD := build/san
+build/san/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(BASEFLAGS) $(PKG_CFLAGS) $(CFLAGS) $(SANFLAGS) -c -o $@ $<
+
+UNIT_TESTS := tests/unit/test_common tests/unit/test_fs
+tests/unit/test_common: build/san/tests/unit/test_common.o $(call obj,build/san,$(COMMON_SRC))
+	$(CC) $(CFLAGS) $(SANFLAGS) -o $@ $^ -lcmocka
+tests/unit/test_fs: build/san/tests/unit/test_fs.o $(call obj,build/san,$(COMMON_SRC) fs/inode.c fs/mutate.c)
+	$(CC) $(CFLAGS) $(SANFLAGS) -o $@ $^ -lcmocka $(PKG_LIBS)
+
+HELPERS := tests/helpers/fsops
+tests/helpers/fsops: tests/helpers/fsops.c
+	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $< -lacl 2>/dev/null || $(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $<
+
+deps:
+	@tools/install-deps.sh
+
+unit: $(UNIT_TESTS)
+	@set -e; for t in $(UNIT_TESTS); do echo "== $$t"; ./$$t; done
+
+integration: drfs $(HELPERS)
+	@tests/integration/run.sh
+
+test: deps
+	@$(MAKE) --no-print-directory drfs $(UNIT_TESTS) $(HELPERS)
+	@$(MAKE) --no-print-directory unit
+	@$(MAKE) --no-print-directory integration
+
+run: deps
+	@$(MAKE) --no-print-directory drfs
+	@tools/demo.sh
+
+bench: deps
+	@$(MAKE) --no-print-directory drfs
+	@bench/run.sh
+
+install: drfs
+	install -D -m 0755 drfs $(DESTDIR)$(PREFIX)/bin/drfs
+	install -d $(DESTDIR)/sbin
+	ln -sf $(PREFIX)/bin/drfs $(DESTDIR)/sbin/mount.fuse.drfs
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/drfs $(DESTDIR)/sbin/mount.fuse.drfs
+
+clean:
+	rm -rf build drfs $(UNIT_TESTS) $(HELPERS)
+
+-include $(shell find build -name '*.d' 2>/dev/null)

@@ -1,0 +1,312 @@
+/*
+ * util.c - paths, option strings, sizes, key/value files and durable writes.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+
+char *path_join(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	char *p = malloc(la + lb + 2);
+
+	if (!p)
+		return NULL;
+	memcpy(p, a, la);
+	if (la && a[la - 1] != '/')
+		p[la++] = '/';
+	memcpy(p + la, b, lb + 1);
+	return p;
+}
+
+char *path_absolute(const char *path)
+{
+	char cwd[PATH_MAX];
+	char *abs, *out, *seg, *save;
+	size_t n = 0;
+
+	if (path[0] == '/') {
+		abs = strdup(path);
+	} else {
+		if (!getcwd(cwd, sizeof(cwd)))
+			return NULL;
+		abs = path_join(cwd, path);
+	}
+	if (!abs)
+		return NULL;
+	/* Normalise "//", "/./" and "/../" lexically. */
+	out = malloc(strlen(abs) + 2);
+	if (!out) {
+		free(abs);
+		return NULL;
+	}
+	for (seg = strtok_r(abs, "/", &save); seg; seg = strtok_r(NULL, "/", &save)) {
+		if (!strcmp(seg, "."))
+			continue;
+		if (!strcmp(seg, "..")) {
+			while (n > 0 && out[n - 1] != '/')
+				n--;
+			if (n > 0)
+				n--;
+			continue;
+		}
+		out[n++] = '/';
+		size_t l = strlen(seg);
+		memcpy(out + n, seg, l);
+		n += l;
+	}
+	if (n == 0)
+		out[n++] = '/';
+	out[n] = '\0';
+	free(abs);
+	return out;
+}
+
+bool opt_next(const char **cursor, char *buf, char **key, char **value)
+{
+	const char *s = *cursor;
+	size_t n = 0;
+
+	while (*s == ',')
+		s++;
+	if (!*s)
+		return false;
+	while (*s && *s != ',') {
+		/* A backslash escapes a comma inside a value. */
+		if (*s == '\\' && s[1])
+			s++;
+		buf[n++] = *s++;
+	}
+	buf[n] = '\0';
+	*cursor = s;
+	*key = buf;
+	*value = strchr(buf, '=');
+	if (*value)
+		*(*value)++ = '\0';
+	return true;
+}
+
+int parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	unsigned long long v;
+	int shift = 0;
+
+	if (!s || !isdigit((unsigned char)*s))
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno)
+		return -errno;
+	switch (toupper((unsigned char)*end)) {
+	case '\0': break;
+	case 'K': shift = 10; end++; break;
+	case 'M': shift = 20; end++; break;
+	case 'G': shift = 30; end++; break;
+	case 'T': shift = 40; end++; break;
+	default: return -EINVAL;
+	}
+	if (*end == 'i' || *end == 'I')
+		end++;
+	if (*end == 'B' || *end == 'b')
+		end++;
+	if (*end)
+		return -EINVAL;
+	if (shift && v > (UINT64_MAX >> shift))
+		return -ERANGE;
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+struct kv {
+	size_t n;
+	char **keys;
+	char **values;
+};
+
+int read_file_small(const char *path, char **out, size_t *len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	size_t cap = 4096, n = 0;
+	char *buf;
+	ssize_t r;
+
+	if (fd < 0)
+		return -errno;
+	buf = malloc(cap);
+	if (!buf) {
+		close(fd);
+		return -ENOMEM;
+	}
+	for (;;) {
+		if (n + 1 >= cap) {
+			char *nb = realloc(buf, cap * 2);
+			if (!nb) {
+				free(buf);
+				close(fd);
+				return -ENOMEM;
+			}
+			buf = nb;
+			cap *= 2;
+		}
+		r = read(fd, buf + n, cap - n - 1);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			int err = -errno;
+			free(buf);
+			close(fd);
+			return err;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+	}
+	close(fd);
+	buf[n] = '\0';
+	*out = buf;
+	if (len)
+		*len = n;
+	return 0;
+}
+
+static char *trim(char *s)
+{
+	char *e;
+
+	while (isspace((unsigned char)*s))
+		s++;
+	e = s + strlen(s);
+	while (e > s && isspace((unsigned char)e[-1]))
+		*--e = '\0';
+	return s;
+}
+
+int kv_load(const char *path, struct kv **out)
+{
+	char *text, *line, *save;
+	struct kv *kv;
+	int ret = read_file_small(path, &text, NULL);
+
+	if (ret)
+		return ret;
+	kv = calloc(1, sizeof(*kv));
+	if (!kv) {
+		ret = -ENOMEM;
+		goto out_free_text;
+	}
+	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		char *eq, *k, *v, **nk, **nv;
+
+		line = trim(line);
+		if (!*line || *line == '#')
+			continue;
+		eq = strchr(line, '=');
+		if (!eq) {
+			ret = -EINVAL;
+			goto out_free_kv;
+		}
+		*eq = '\0';
+		k = strdup(trim(line));
+		v = strdup(trim(eq + 1));
+		nk = realloc(kv->keys, (kv->n + 1) * sizeof(char *));
+		if (nk)
+			kv->keys = nk;
+		nv = realloc(kv->values, (kv->n + 1) * sizeof(char *));
+		if (nv)
+			kv->values = nv;
+		if (!k || !v || !nk || !nv) {
+			free(k);
+			free(v);
+			ret = -ENOMEM;
+			goto out_free_kv;
+		}
+		kv->keys[kv->n] = k;
+		kv->values[kv->n] = v;
+		kv->n++;
+	}
+	free(text);
+	*out = kv;
+	return 0;
+
+out_free_kv:
+	kv_free(kv);
+out_free_text:
+	free(text);
+	return ret;
+}
+
+const char *kv_get(const struct kv *kv, const char *key)
+{
+	/* Last assignment wins, as in shell-style config files. */
+	for (size_t i = kv->n; i-- > 0;)
+		if (!strcmp(kv->keys[i], key))
+			return kv->values[i];
+	return NULL;
+}
+
+void kv_free(struct kv *kv)
+{
+	if (!kv)
+		return;
+	for (size_t i = 0; i < kv->n; i++) {
+		free(kv->keys[i]);
+		free(kv->values[i]);
+	}
+	free(kv->keys);
+	free(kv->values);
+	free(kv);
+}
+
+int write_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len) {
+		ssize_t r = write(fd, p, len);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		p += r;
+		len -= (size_t)r;
+	}
+	return 0;
+}
+
+int write_file_durable(int dirfd, const char *name, const void *data, size_t len)
+{
+	char tmp[NAME_MAX + 1];
+	int fd, ret;
+
+	if (snprintf(tmp, sizeof(tmp), ".%s.tmp.%ld", name, (long)getpid()) >= (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	ret = write_all(fd, data, len);
+	if (!ret && fsync(fd))
+		ret = -errno;
+	if (close(fd) && !ret)
+		ret = -errno;
+	if (ret)
+		goto out_unlink;
+	if (renameat(dirfd, tmp, dirfd, name)) {
+		ret = -errno;
+		goto out_unlink;
+	}
+	if (fsync(dirfd))
+		return -errno;
+	return 0;
+
+out_unlink:
+	unlinkat(dirfd, tmp, 0);
+	return ret;
+}

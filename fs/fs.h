@@ -1,0 +1,41 @@
+/*
+ * fs/ - the drfs FUSE filesystem: a low-level libfuse3 server that presents a
+ * backing directory as a mount.  Every change to the backing tree goes through
+ * one internal mutation interface (fs_i.h: struct mutation, fs_mutate()), the
+ * single point where the journal hooks in.
+ *
+ * Lifecycle: fs_open() creates the session and mounts it (so mount errors are
+ * reported before a caller daemonizes), fs_serve() runs the multi-threaded
+ * request loop until the filesystem is unmounted or a signal arrives, and
+ * fs_close() unmounts and frees everything.
+ */
+#ifndef DRFS_FS_H
+#define DRFS_FS_H
+
+#include <stdbool.h>
+
+struct drfs_fs;
+
+struct fs_config {
+	const char *backing;      /* absolute path of the backing directory */
+	const char *mountpoint;   /* absolute path of the mount point */
+	const char *fsname;       /* shown as the source in /proc/mounts */
+	const char *kernel_opts;  /* comma list passed to the kernel mount (allow_other, ro, dev, ...) */
+	bool debug;               /* log every FUSE request */
+	unsigned int max_threads; /* worker threads (0: default) */
+};
+
+/*
+ * Mounts CFG->backing on CFG->mountpoint.  On success *OUT owns the session
+ * (free it with fs_close()).  Returns 0 or -errno; a message naming the cause
+ * has been logged on failure.
+ */
+int fs_open(const struct fs_config *cfg, struct drfs_fs **out);
+
+/* Serves requests until unmounted or signalled; returns 0 or -errno. */
+int fs_serve(struct drfs_fs *fs);
+
+/* Unmounts (if still mounted) and frees FS. */
+void fs_close(struct drfs_fs *fs);
+
+#endif /* DRFS_FS_H */

@@ -1,0 +1,132 @@
+/*
+ * fs_i.h - private to fs/: the inode table, open-file state and the mutation
+ * interface.
+ *
+ * Inode identity: the FUSE node id of every object is its backing inode
+ * number (the root is FUSE_ROOT_ID), and its generation is the backing
+ * file handle's generation where the backing filesystem exposes one.  Both
+ * survive remounts, so exported handles stay valid.  The daemon does not hold
+ * an fd per cached inode: non-directories are reopened from a kernel file
+ * handle (open_by_handle_at) when needed; directories keep an O_PATH fd so
+ * that lookups in them cost no extra system call.  Backing filesystems
+ * without file handles fall back to an O_PATH fd per inode.
+ *
+ * Inode lifetime follows the FUSE lookup count: lookup-type replies add one,
+ * forget subtracts, and the entry is freed at zero.
+ */
+#ifndef DRFS_FS_I_H
+#define DRFS_FS_I_H
+
+#define FUSE_USE_VERSION 34
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include "fs.h"
+
+struct drfs_inode {
+	uint64_t ino;              /* backing st_ino; the FUSE node id (root: FUSE_ROOT_ID) */
+	uint32_t gen;              /* backing generation, from the file handle */
+	mode_t type;               /* S_IFMT bits, never changes */
+	uint64_t nlookup;          /* protected by fs->lock */
+	struct drfs_inode *next;   /* hash chain, protected by fs->lock */
+	int fd;                    /* O_PATH fd (directories, or no handle support); else -1 */
+	int handle_type;           /* valid when fd < 0 */
+	unsigned int handle_bytes;
+	unsigned char handle[];    /* handle_bytes of opaque file handle */
+};
+
+struct drfs_fs {
+	struct fs_config cfg;
+	struct fuse_session *se;
+	int backing_fd;            /* O_PATH fd of the backing root */
+	int mount_fd;              /* O_RDONLY fd of the backing root, for open_by_handle_at */
+	dev_t backing_dev;
+	struct drfs_inode *root;
+	double timeout;            /* entry and attribute cache timeout in seconds */
+	pthread_mutex_t lock;      /* protects the inode table and every nlookup */
+	struct drfs_inode **table;
+	size_t table_size, table_count;
+	bool use_handles;
+	bool mounted;
+};
+
+/* inode.c */
+int inode_table_init(struct drfs_fs *fs);
+void inode_table_release(struct drfs_fs *fs);
+/* Node id -> inode; NULL when the kernel names an inode we do not know. */
+struct drfs_inode *inode_get(struct drfs_fs *fs, fuse_ino_t ino);
+/*
+ * Looks NAME up in directory DIR on the backing tree, adds one lookup
+ * reference and fills E for a FUSE entry reply.  Returns 0 or -errno.
+ */
+int inode_lookup(struct drfs_fs *fs, struct drfs_inode *dir, const char *name,
+		 struct fuse_entry_param *e);
+void inode_forget(struct drfs_fs *fs, struct drfs_inode *inode, uint64_t n);
+/*
+ * An fd that reaches INODE: the cached O_PATH fd (borrowed: *OWNED false) or
+ * a new one from its handle opened with FLAGS (caller closes: *OWNED true).
+ * Returns the fd or -errno.
+ */
+int inode_fd(struct drfs_fs *fs, struct drfs_inode *inode, int flags, bool *owned);
+/* Opens INODE for I/O with open(2) FLAGS; the caller owns the fd.  Returns fd or -errno. */
+int inode_open(struct drfs_fs *fs, struct drfs_inode *inode, int flags);
+/* fstat of INODE.  Returns 0 or -errno. */
+int inode_stat(struct drfs_fs *fs, struct drfs_inode *inode, struct stat *st);
+/* "/proc/self/fd/N" for FD into BUF (at least 32 bytes). */
+void proc_fd_path(char *buf, int fd);
+/* true when NAME in DIR is the hidden state directory. */
+bool fs_is_hidden(struct drfs_fs *fs, struct drfs_inode *dir, const char *name);
+
+/*
+ * The mutation interface.  Every change the filesystem makes to the backing
+ * tree is described by one struct mutation and carried out by fs_mutate(),
+ * so that journaling (write the record, then apply) happens in one place.
+ * Records carry absolute state: offsets with bytes, new sizes, new modes,
+ * target names.
+ */
+enum mutation_type {
+	MUT_CREATE,        /* dir, name, mode, uid, gid, umask, open_flags -> fd */
+	MUT_MKNOD,         /* dir, name, mode, rdev, uid, gid, umask */
+	MUT_MKDIR,         /* dir, name, mode, uid, gid, umask */
+	MUT_SYMLINK,       /* dir, name, target, uid, gid */
+	MUT_LINK,          /* node -> dir, name */
+	MUT_UNLINK,        /* dir, name */
+	MUT_RMDIR,         /* dir, name */
+	MUT_RENAME,        /* dir, name -> newdir, newname, flags */
+	MUT_SETATTR,       /* node, fd (optional), valid, attr */
+	MUT_WRITE,         /* node, fd, offset, data, size -> bytes written */
+	MUT_FALLOCATE,     /* node, fd, flags (mode), offset, length */
+	MUT_COPY_RANGE,    /* node, fd, offset <- src node, src fd, src offset, length -> bytes */
+	MUT_SETXATTR,      /* node, xname, data, size, flags */
+	MUT_REMOVEXATTR,   /* node, xname */
+};
+
+struct mutation {
+	enum mutation_type type;
+	struct drfs_inode *dir, *newdir, *node, *src;
+	const char *name, *newname, *target, *xname;
+	mode_t mode, umask;
+	dev_t rdev;
+	uid_t uid;
+	gid_t gid;
+	int flags, open_flags;
+	int fd, src_fd;
+	int valid;              /* FUSE_SET_ATTR_* bits for MUT_SETATTR */
+	struct stat attr;       /* new attributes for MUT_SETATTR */
+	off_t offset, src_offset;
+	const void *data;
+	size_t size;
+};
+
+/*
+ * Applies M to the backing tree.  Returns a non-negative result (bytes
+ * written or copied; the new fd for MUT_CREATE; otherwise 0) or -errno.
+ */
+ssize_t fs_mutate(struct drfs_fs *fs, struct mutation *m);
+
+/* The FUSE operation table (ops.c). */
+extern const struct fuse_lowlevel_ops drfs_ops;
+
+#endif /* DRFS_FS_I_H */

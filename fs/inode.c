@@ -1,0 +1,318 @@
+/*
+ * inode.c - the inode table: backing inode number -> struct drfs_inode.
+ *
+ * See fs_i.h for the identity rules.  The table is a chained hash protected
+ * by fs->lock; the lock is held only for table and lookup-count updates,
+ * never across a system call.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/common.h"
+#include "fs_i.h"
+
+#define HANDLE_MAX 128
+#define FILEID_INO32_GEN 1 /* the kernel's handle type for {u32 ino, u32 gen} */
+
+static size_t hash_ino(uint64_t ino, size_t size)
+{
+	ino ^= ino >> 33;
+	ino *= 0xff51afd7ed558ccdULL;
+	ino ^= ino >> 33;
+	return (size_t)(ino & (size - 1));
+}
+
+int inode_table_init(struct drfs_fs *fs)
+{
+	fs->table_size = 1 << 14;
+	fs->table = calloc(fs->table_size, sizeof(*fs->table));
+	return fs->table ? 0 : -ENOMEM;
+}
+
+static void inode_free(struct drfs_inode *inode)
+{
+	if (inode->fd >= 0)
+		close(inode->fd);
+	free(inode);
+}
+
+void inode_table_release(struct drfs_fs *fs)
+{
+	for (size_t i = 0; i < fs->table_size; i++) {
+		struct drfs_inode *in = fs->table[i], *next;
+		for (; in; in = next) {
+			next = in->next;
+			if (in != fs->root)
+				inode_free(in);
+		}
+	}
+	free(fs->table);
+	fs->table = NULL;
+}
+
+/* Caller holds fs->lock. */
+static struct drfs_inode *table_find(struct drfs_fs *fs, uint64_t ino)
+{
+	struct drfs_inode *in = fs->table[hash_ino(ino, fs->table_size)];
+
+	while (in && in->ino != ino)
+		in = in->next;
+	return in;
+}
+
+/* Caller holds fs->lock. */
+static void table_grow(struct drfs_fs *fs)
+{
+	size_t nsize = fs->table_size * 2;
+	struct drfs_inode **nt = calloc(nsize, sizeof(*nt));
+
+	if (!nt)
+		return; /* longer chains, still correct */
+	for (size_t i = 0; i < fs->table_size; i++) {
+		struct drfs_inode *in = fs->table[i], *next;
+		for (; in; in = next) {
+			size_t h = hash_ino(in->ino, nsize);
+			next = in->next;
+			in->next = nt[h];
+			nt[h] = in;
+		}
+	}
+	free(fs->table);
+	fs->table = nt;
+	fs->table_size = nsize;
+}
+
+/* Caller holds fs->lock. */
+static void table_insert(struct drfs_fs *fs, struct drfs_inode *in)
+{
+	size_t h;
+
+	if (fs->table_count + 1 > fs->table_size)
+		table_grow(fs);
+	h = hash_ino(in->ino, fs->table_size);
+	in->next = fs->table[h];
+	fs->table[h] = in;
+	fs->table_count++;
+}
+
+/* Caller holds fs->lock. */
+static void table_remove(struct drfs_fs *fs, struct drfs_inode *in)
+{
+	struct drfs_inode **pp = &fs->table[hash_ino(in->ino, fs->table_size)];
+
+	while (*pp && *pp != in)
+		pp = &(*pp)->next;
+	if (*pp) {
+		*pp = in->next;
+		fs->table_count--;
+	}
+}
+
+struct drfs_inode *inode_get(struct drfs_fs *fs, fuse_ino_t ino)
+{
+	struct drfs_inode *in;
+
+	if (ino == FUSE_ROOT_ID)
+		return fs->root;
+	pthread_mutex_lock(&fs->lock);
+	in = table_find(fs, ino);
+	pthread_mutex_unlock(&fs->lock);
+	return in;
+}
+
+void proc_fd_path(char *buf, int fd)
+{
+	snprintf(buf, 32, "/proc/self/fd/%d", fd);
+}
+
+bool fs_is_hidden(struct drfs_fs *fs, struct drfs_inode *dir, const char *name)
+{
+	return dir == fs->root && !strcmp(name, DRFS_STATE_NAME);
+}
+
+/*
+ * Builds a new inode for NAME in directory fd DIRFD with attributes ST.
+ * Returns NULL on failure with errno set.
+ */
+static struct drfs_inode *inode_new(struct drfs_fs *fs, int dirfd, const char *name,
+				    const struct stat *st)
+{
+	struct {
+		struct file_handle fh;
+		unsigned char buf[HANDLE_MAX];
+	} h;
+	struct drfs_inode *in;
+	int mount_id;
+	bool want_fd = S_ISDIR(st->st_mode) || !fs->use_handles;
+
+	h.fh.handle_bytes = HANDLE_MAX;
+	if (!want_fd && name_to_handle_at(dirfd, name, &h.fh, &mount_id, 0) < 0) {
+		if (errno != EOPNOTSUPP)
+			return NULL;
+		want_fd = true;
+	}
+	in = calloc(1, sizeof(*in) + (want_fd ? 0 : h.fh.handle_bytes));
+	if (!in)
+		return NULL;
+	in->ino = st->st_ino;
+	in->type = st->st_mode & S_IFMT;
+	in->fd = -1;
+	if (want_fd) {
+		in->fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		if (in->fd < 0) {
+			free(in);
+			return NULL;
+		}
+	} else {
+		in->handle_type = h.fh.handle_type;
+		in->handle_bytes = h.fh.handle_bytes;
+		memcpy(in->handle, h.fh.f_handle, h.fh.handle_bytes);
+		if (h.fh.handle_type == FILEID_INO32_GEN && h.fh.handle_bytes >= 8)
+			memcpy(&in->gen, h.fh.f_handle + 4, 4);
+	}
+	return in;
+}
+
+int inode_lookup(struct drfs_fs *fs, struct drfs_inode *dir, const char *name,
+		 struct fuse_entry_param *e)
+{
+	struct drfs_inode *in, *fresh = NULL;
+	bool owned;
+	int dirfd, ret = 0;
+
+	if (fs_is_hidden(fs, dir, name))
+		return -ENOENT;
+	dirfd = inode_fd(fs, dir, O_PATH, &owned);
+	if (dirfd < 0)
+		return dirfd;
+	memset(e, 0, sizeof(*e));
+	if (fstatat(dirfd, name, &e->attr, AT_SYMLINK_NOFOLLOW) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	if (e->attr.st_dev != fs->backing_dev) {
+		/* Another filesystem mounted inside the backing tree: not ours. */
+		ret = -EXDEV;
+		goto out;
+	}
+	pthread_mutex_lock(&fs->lock);
+	in = e->attr.st_ino == fs->root->ino ? fs->root : table_find(fs, e->attr.st_ino);
+	if (in && (in->type != (e->attr.st_mode & S_IFMT))) {
+		/* The backing inode number was reused for another object. */
+		table_remove(fs, in);
+		in->ino = 0; /* unreachable now; freed at its last forget */
+		in = NULL;
+	}
+	if (in)
+		in->nlookup++;
+	pthread_mutex_unlock(&fs->lock);
+
+	if (!in) {
+		fresh = inode_new(fs, dirfd, name, &e->attr);
+		if (!fresh) {
+			ret = -errno;
+			goto out;
+		}
+		pthread_mutex_lock(&fs->lock);
+		in = table_find(fs, e->attr.st_ino);
+		if (in) {
+			/* Another thread inserted it meanwhile. */
+			in->nlookup++;
+		} else {
+			in = fresh;
+			fresh = NULL;
+			in->nlookup = 1;
+			table_insert(fs, in);
+		}
+		pthread_mutex_unlock(&fs->lock);
+		if (fresh)
+			inode_free(fresh);
+	}
+	e->ino = in == fs->root ? FUSE_ROOT_ID : in->ino;
+	e->generation = in->gen;
+	e->attr_timeout = fs->timeout;
+	e->entry_timeout = fs->timeout;
+out:
+	if (owned)
+		close(dirfd);
+	return ret;
+}
+
+void inode_forget(struct drfs_fs *fs, struct drfs_inode *inode, uint64_t n)
+{
+	bool release = false;
+
+	if (inode == fs->root)
+		return;
+	pthread_mutex_lock(&fs->lock);
+	if (inode->nlookup < n)
+		n = inode->nlookup;
+	inode->nlookup -= n;
+	if (inode->nlookup == 0) {
+		if (inode->ino)
+			table_remove(fs, inode);
+		release = true;
+	}
+	pthread_mutex_unlock(&fs->lock);
+	if (release)
+		inode_free(inode);
+}
+
+int inode_fd(struct drfs_fs *fs, struct drfs_inode *inode, int flags, bool *owned)
+{
+	struct {
+		struct file_handle fh;
+		unsigned char buf[HANDLE_MAX];
+	} h;
+	int fd;
+
+	if (inode->fd >= 0) {
+		*owned = false;
+		return inode->fd;
+	}
+	h.fh.handle_bytes = inode->handle_bytes;
+	h.fh.handle_type = inode->handle_type;
+	memcpy(h.fh.f_handle, inode->handle, inode->handle_bytes);
+	fd = open_by_handle_at(fs->mount_fd, &h.fh, flags | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	*owned = true;
+	return fd;
+}
+
+int inode_open(struct drfs_fs *fs, struct drfs_inode *inode, int flags)
+{
+	bool owned;
+	int fd;
+
+	flags &= ~(O_NOFOLLOW | O_CREAT | O_EXCL);
+	if (inode->fd < 0) {
+		fd = inode_fd(fs, inode, flags, &owned);
+	} else {
+		char path[32];
+
+		proc_fd_path(path, inode->fd);
+		fd = open(path, flags | O_CLOEXEC);
+		if (fd < 0)
+			fd = -errno;
+	}
+	return fd;
+}
+
+int inode_stat(struct drfs_fs *fs, struct drfs_inode *inode, struct stat *st)
+{
+	bool owned;
+	int fd = inode_fd(fs, inode, O_PATH, &owned), ret = 0;
+
+	if (fd < 0)
+		return fd;
+	if (fstatat(fd, "", st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+		ret = -errno;
+	if (owned)
+		close(fd);
+	return ret;
+}

@@ -1,0 +1,700 @@
+/*
+ * ops.c - the FUSE low-level operations.
+ *
+ * Reads are served straight from the backing tree (spliced where the kernel
+ * allows); every change is handed to fs_mutate() as a struct mutation.
+ * Errors are negative errno values internally and become positive only at
+ * the fuse_reply_err() call.
+ *
+ * Caching: drfs is the only writer of its backing tree, so entries and
+ * attributes are cached by the kernel for fs->timeout seconds, file pages are
+ * kept across opens, and the writeback cache is on.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "../common/common.h"
+#include "fs_i.h"
+
+static struct drfs_fs *fs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+/* Resolves a node id or replies ESTALE; returns NULL after replying. */
+static struct drfs_inode *node_or_reply(fuse_req_t req, fuse_ino_t ino)
+{
+	struct drfs_inode *in = inode_get(fs_of(req), ino);
+
+	if (!in)
+		fuse_reply_err(req, ESTALE);
+	return in;
+}
+
+static void drfs_init(void *userdata, struct fuse_conn_info *conn)
+{
+	struct drfs_fs *fs = userdata;
+	unsigned int want = FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_WRITE |
+			    FUSE_CAP_SPLICE_MOVE | FUSE_CAP_PARALLEL_DIROPS |
+			    FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK |
+			    FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_ASYNC_DIO |
+			    FUSE_CAP_CACHE_SYMLINKS | FUSE_CAP_ASYNC_READ;
+
+	conn->want |= want & conn->capable;
+	if ((want & conn->capable) != want)
+		log_debug("kernel lacks FUSE capabilities 0x%x", want & ~conn->capable);
+	/* Nobody else writes the backing tree: no need to revalidate pages. */
+	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+	/* The kernel must not emulate locks we would then not see: local is right for one mount. */
+	conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
+	conn->max_write = 1 << 20;
+	conn->max_readahead = 1 << 20;
+	conn->max_background = 64;
+	conn->congestion_threshold = 48;
+	(void)fs;
+}
+
+static void drfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fuse_entry_param e;
+	struct drfs_inode *dir = node_or_reply(req, parent);
+	int ret;
+
+	if (!dir)
+		return;
+	ret = inode_lookup(fs_of(req), dir, name, &e);
+	if (ret == -ENOENT) {
+		/* A negative entry, cached like positive ones. */
+		memset(&e, 0, sizeof(e));
+		e.entry_timeout = fs_of(req)->timeout;
+		fuse_reply_entry(req, &e);
+		return;
+	}
+	if (ret)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_entry(req, &e);
+}
+
+static void drfs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	struct drfs_inode *in = inode_get(fs_of(req), ino);
+
+	if (in)
+		inode_forget(fs_of(req), in, nlookup);
+	fuse_reply_none(req);
+}
+
+static void drfs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *f)
+{
+	for (size_t i = 0; i < count; i++) {
+		struct drfs_inode *in = inode_get(fs_of(req), f[i].ino);
+		if (in)
+			inode_forget(fs_of(req), in, f[i].nlookup);
+	}
+	fuse_reply_none(req);
+}
+
+static void reply_attr(fuse_req_t req, struct drfs_inode *in, struct fuse_file_info *fi)
+{
+	struct stat st;
+	int ret;
+
+	if (fi && fi->fh && !S_ISDIR(in->type))
+		ret = fstat((int)fi->fh, &st) < 0 ? -errno : 0;
+	else
+		ret = inode_stat(fs_of(req), in, &st);
+	if (ret)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_attr(req, &st, fs_of(req)->timeout);
+}
+
+static void drfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct drfs_inode *in = node_or_reply(req, ino);
+
+	if (in)
+		reply_attr(req, in, fi);
+}
+
+static void drfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
+			 struct fuse_file_info *fi)
+{
+	struct drfs_inode *in = node_or_reply(req, ino);
+	struct mutation m = { .type = MUT_SETATTR, .node = in, .valid = valid, .fd = -1 };
+	ssize_t ret;
+
+	if (!in)
+		return;
+	if (fi && !S_ISDIR(in->type))
+		m.fd = (int)fi->fh;
+	m.attr = *attr;
+	ret = fs_mutate(fs_of(req), &m);
+	if (ret)
+		fuse_reply_err(req, (int)-ret);
+	else
+		reply_attr(req, in, fi);
+}
+
+static void drfs_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct drfs_inode *in = node_or_reply(req, ino);
+	char buf[PATH_MAX + 1];
+	bool owned;
+	ssize_t n;
+	int fd;
+
+	if (!in)
+		return;
+	fd = inode_fd(fs_of(req), in, O_PATH | O_NOFOLLOW, &owned);
+	if (fd < 0) {
+		fuse_reply_err(req, -fd);
+		return;
+	}
+	n = readlinkat(fd, "", buf, sizeof(buf));
+	if (n < 0)
+		n = -errno;
+	if (owned)
+		close(fd);
+	if (n < 0) {
+		fuse_reply_err(req, (int)-n);
+		return;
+	}
+	if ((size_t)n >= sizeof(buf)) {
+		fuse_reply_err(req, ENAMETOOLONG);
+		return;
+	}
+	buf[n] = '\0';
+	fuse_reply_readlink(req, buf);
+}
+
+/* Fills the caller's identity into M. */
+static void set_caller(fuse_req_t req, struct mutation *m)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+
+	m->uid = ctx->uid;
+	m->gid = ctx->gid;
+	m->umask = ctx->umask;
+}
+
+/* Runs a namespace mutation that creates NAME in DIR and replies with its entry. */
+static void make_and_reply(fuse_req_t req, struct mutation *m)
+{
+	struct fuse_entry_param e;
+	ssize_t ret;
+
+	set_caller(req, m);
+	ret = fs_mutate(fs_of(req), m);
+	if (!ret)
+		ret = inode_lookup(fs_of(req), m->dir, m->name, &e);
+	if (ret)
+		fuse_reply_err(req, (int)-ret);
+	else
+		fuse_reply_entry(req, &e);
+}
+
+static void drfs_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		       dev_t rdev)
+{
+	struct mutation m = { .type = MUT_MKNOD, .name = name, .mode = mode, .rdev = rdev };
+
+	if ((m.dir = node_or_reply(req, parent)))
+		make_and_reply(req, &m);
+}
+
+static void drfs_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	struct mutation m = { .type = MUT_MKDIR, .name = name, .mode = mode | S_IFDIR };
+
+	if ((m.dir = node_or_reply(req, parent)))
+		make_and_reply(req, &m);
+}
+
+static void drfs_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	struct mutation m = { .type = MUT_SYMLINK, .name = name, .target = link };
+
+	if ((m.dir = node_or_reply(req, parent)))
+		make_and_reply(req, &m);
+}
+
+static void drfs_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	struct mutation m = { .type = MUT_LINK, .name = newname };
+
+	if (!(m.node = node_or_reply(req, ino)) || !(m.dir = node_or_reply(req, newparent)))
+		return;
+	make_and_reply(req, &m);
+}
+
+static void drfs_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct mutation m = { .type = MUT_UNLINK, .name = name };
+
+	if ((m.dir = node_or_reply(req, parent)))
+		fuse_reply_err(req, (int)-fs_mutate(fs_of(req), &m));
+}
+
+static void drfs_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct mutation m = { .type = MUT_RMDIR, .name = name };
+
+	if ((m.dir = node_or_reply(req, parent)))
+		fuse_reply_err(req, (int)-fs_mutate(fs_of(req), &m));
+}
+
+static void drfs_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+			fuse_ino_t newparent, const char *newname, unsigned int flags)
+{
+	struct mutation m = { .type = MUT_RENAME, .name = name, .newname = newname,
+			      .flags = (int)flags };
+
+	if (!(m.dir = node_or_reply(req, parent)) || !(m.newdir = node_or_reply(req, newparent)))
+		return;
+	fuse_reply_err(req, (int)-fs_mutate(fs_of(req), &m));
+}
+
+/*
+ * Flags for the backing open.  With the writeback cache the kernel may read
+ * from a file opened write-only (to fill partial pages) and it implements
+ * O_APPEND itself; O_DIRECT would demand aligned buffers the kernel does not
+ * promise us, and the backing page cache is ours anyway.
+ */
+static int backing_flags(int flags)
+{
+	if ((flags & O_ACCMODE) == O_WRONLY)
+		flags = (flags & ~O_ACCMODE) | O_RDWR;
+	return flags & ~(O_APPEND | O_DIRECT | O_NOCTTY);
+}
+
+static void set_open_reply(struct fuse_file_info *fi, int fd)
+{
+	fi->fh = (uint64_t)fd;
+	fi->keep_cache = 1;
+}
+
+static void drfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+			struct fuse_file_info *fi)
+{
+	struct mutation m = { .type = MUT_CREATE, .name = name, .mode = mode,
+			      .open_flags = backing_flags(fi->flags) };
+	struct fuse_entry_param e;
+	ssize_t fd;
+	int ret;
+
+	if (!(m.dir = node_or_reply(req, parent)))
+		return;
+	set_caller(req, &m);
+	fd = fs_mutate(fs_of(req), &m);
+	if (fd < 0) {
+		fuse_reply_err(req, (int)-fd);
+		return;
+	}
+	ret = inode_lookup(fs_of(req), m.dir, name, &e);
+	if (ret) {
+		close((int)fd);
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	set_open_reply(fi, (int)fd);
+	if (fuse_reply_create(req, &e, fi))
+		close((int)fd);
+}
+
+static void drfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct drfs_inode *in = node_or_reply(req, ino);
+	int fd;
+
+	if (!in)
+		return;
+	fd = inode_open(fs_of(req), in, backing_flags(fi->flags));
+	if (fd < 0) {
+		fuse_reply_err(req, -fd);
+		return;
+	}
+	set_open_reply(fi, fd);
+	if (fuse_reply_open(req, fi))
+		close(fd);
+}
+
+static void drfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		      struct fuse_file_info *fi)
+{
+	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+
+	(void)ino;
+	buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	buf.buf[0].fd = (int)fi->fh;
+	buf.buf[0].pos = off;
+	fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}
+
+static void drfs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size,
+		       off_t off, struct fuse_file_info *fi)
+{
+	struct mutation m = { .type = MUT_WRITE, .fd = (int)fi->fh, .offset = off,
+			      .data = data, .size = size };
+	ssize_t ret;
+
+	if (!(m.node = node_or_reply(req, ino)))
+		return;
+	ret = fs_mutate(fs_of(req), &m);
+	if (ret < 0)
+		fuse_reply_err(req, (int)-ret);
+	else
+		fuse_reply_write(req, (size_t)ret);
+}
+
+static void drfs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);
+}
+
+static void drfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	close((int)fi->fh);
+	fuse_reply_err(req, 0);
+}
+
+static void drfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	int fd = (int)fi->fh, ret;
+
+	(void)ino;
+	ret = datasync ? fdatasync(fd) : fsync(fd);
+	fuse_reply_err(req, ret < 0 ? errno : 0);
+}
+
+static void drfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
+			   off_t length, struct fuse_file_info *fi)
+{
+	struct mutation m = { .type = MUT_FALLOCATE, .fd = (int)fi->fh, .flags = mode,
+			      .offset = offset, .size = (size_t)length };
+
+	if ((m.node = node_or_reply(req, ino)))
+		fuse_reply_err(req, (int)-fs_mutate(fs_of(req), &m));
+}
+
+static void drfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+				 struct fuse_file_info *fi_in, fuse_ino_t ino_out,
+				 off_t off_out, struct fuse_file_info *fi_out, size_t len,
+				 int flags)
+{
+	struct mutation m = { .type = MUT_COPY_RANGE, .fd = (int)fi_out->fh,
+			      .offset = off_out, .src_fd = (int)fi_in->fh,
+			      .src_offset = off_in, .size = len };
+	ssize_t ret;
+
+	if (flags) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if (!(m.src = node_or_reply(req, ino_in)) || !(m.node = node_or_reply(req, ino_out)))
+		return;
+	ret = fs_mutate(fs_of(req), &m);
+	if (ret < 0)
+		fuse_reply_err(req, (int)-ret);
+	else
+		fuse_reply_write(req, (size_t)ret);
+}
+
+static void drfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		       struct fuse_file_info *fi)
+{
+	off_t r = lseek((int)fi->fh, off, whence);
+
+	(void)ino;
+	if (r < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_lseek(req, r);
+}
+
+/* Directory handles. */
+struct dir_handle {
+	DIR *dp;
+	struct dirent *entry;  /* read but not yet returned to the kernel */
+	off_t offset;
+};
+
+static void drfs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct drfs_inode *in = node_or_reply(req, ino);
+	struct dir_handle *d;
+	int fd;
+
+	if (!in)
+		return;
+	d = calloc(1, sizeof(*d));
+	if (!d) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	fd = inode_open(fs_of(req), in, O_RDONLY | O_DIRECTORY);
+	if (fd < 0) {
+		free(d);
+		fuse_reply_err(req, -fd);
+		return;
+	}
+	d->dp = fdopendir(fd);
+	if (!d->dp) {
+		int err = errno;
+		close(fd);
+		free(d);
+		fuse_reply_err(req, err);
+		return;
+	}
+	fi->fh = (uintptr_t)d;
+	fi->cache_readdir = 0;
+	if (fuse_reply_open(req, fi)) {
+		closedir(d->dp);
+		free(d);
+	}
+}
+
+static bool is_dot_or_dotdot(const char *name)
+{
+	return name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'));
+}
+
+static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset,
+		       struct fuse_file_info *fi, bool plus)
+{
+	struct drfs_fs *fs = fs_of(req);
+	struct dir_handle *d = (struct dir_handle *)(uintptr_t)fi->fh;
+	struct drfs_inode *dir = node_or_reply(req, ino);
+	char *buf, *p;
+	size_t rem = size;
+	int err = 0;
+
+	if (!dir)
+		return;
+	buf = malloc(size);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	p = buf;
+	if (offset != d->offset) {
+		seekdir(d->dp, offset);
+		d->entry = NULL;
+		d->offset = offset;
+	}
+	for (;;) {
+		struct fuse_entry_param e;
+		const char *name;
+		off_t next;
+		size_t n;
+
+		if (!d->entry) {
+			errno = 0;
+			d->entry = readdir(d->dp);
+			if (!d->entry) {
+				err = errno;
+				break;
+			}
+		}
+		name = d->entry->d_name;
+		next = d->entry->d_off;
+		if (fs_is_hidden(fs, dir, name)) {
+			d->entry = NULL;
+			d->offset = next;
+			continue;
+		}
+		memset(&e, 0, sizeof(e));
+		e.attr.st_ino = d->entry->d_ino;
+		e.attr.st_mode = (mode_t)d->entry->d_type << 12;
+		if (plus) {
+			if (!is_dot_or_dotdot(name)) {
+				int r = inode_lookup(fs, dir, name, &e);
+				if (r) {
+					/* Gone since readdir saw it: skip it. */
+					d->entry = NULL;
+					d->offset = next;
+					continue;
+				}
+			}
+			n = fuse_add_direntry_plus(req, p, rem, name, &e, next);
+			if (n > rem) {
+				if (e.ino)
+					inode_forget(fs, inode_get(fs, e.ino), 1);
+				break;
+			}
+		} else {
+			n = fuse_add_direntry(req, p, rem, name, &e.attr, next);
+			if (n > rem)
+				break;
+		}
+		p += n;
+		rem -= n;
+		d->entry = NULL;
+		d->offset = next;
+	}
+	/* An error after some entries were returned is reported on the next call. */
+	if (err && rem == size)
+		fuse_reply_err(req, err);
+	else
+		fuse_reply_buf(req, buf, size - rem);
+	free(buf);
+}
+
+static void drfs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset,
+			 struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, offset, fi, false);
+}
+
+static void drfs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset,
+			     struct fuse_file_info *fi)
+{
+	do_readdir(req, ino, size, offset, fi, true);
+}
+
+static void drfs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct dir_handle *d = (struct dir_handle *)(uintptr_t)fi->fh;
+
+	(void)ino;
+	closedir(d->dp);
+	free(d);
+	fuse_reply_err(req, 0);
+}
+
+static void drfs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
+			  struct fuse_file_info *fi)
+{
+	struct dir_handle *d = (struct dir_handle *)(uintptr_t)fi->fh;
+	int fd = dirfd(d->dp), ret;
+
+	(void)ino;
+	ret = datasync ? fdatasync(fd) : fsync(fd);
+	fuse_reply_err(req, ret < 0 ? errno : 0);
+}
+
+static void drfs_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs sv;
+
+	(void)ino;
+	if (fstatvfs(fs_of(req)->backing_fd, &sv) < 0)
+		fuse_reply_err(req, errno);
+	else
+		fuse_reply_statfs(req, &sv);
+}
+
+static void drfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			  const char *value, size_t size, int flags)
+{
+	struct mutation m = { .type = MUT_SETXATTR, .xname = name, .data = value,
+			      .size = size, .flags = flags };
+
+	if ((m.node = node_or_reply(req, ino)))
+		fuse_reply_err(req, (int)-fs_mutate(fs_of(req), &m));
+}
+
+static void drfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	struct mutation m = { .type = MUT_REMOVEXATTR, .xname = name };
+
+	if ((m.node = node_or_reply(req, ino)))
+		fuse_reply_err(req, (int)-fs_mutate(fs_of(req), &m));
+}
+
+/*
+ * getxattr and listxattr share their shape: SIZE 0 asks for the length,
+ * otherwise the value.  NAME is NULL for listxattr.
+ */
+static void xattr_read(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct drfs_inode *in = node_or_reply(req, ino);
+	char path[32], *buf = NULL;
+	bool owned;
+	ssize_t n;
+	int fd;
+
+	if (!in)
+		return;
+	fd = inode_fd(fs_of(req), in, O_PATH, &owned);
+	if (fd < 0) {
+		fuse_reply_err(req, -fd);
+		return;
+	}
+	proc_fd_path(path, fd);
+	if (size && !(buf = malloc(size))) {
+		n = -ENOMEM;
+		goto out;
+	}
+	n = name ? getxattr(path, name, buf, size) : listxattr(path, buf, size);
+	if (n < 0)
+		n = -errno;
+out:
+	if (owned)
+		close(fd);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else if (size == 0)
+		fuse_reply_xattr(req, (size_t)n);
+	else
+		fuse_reply_buf(req, buf, (size_t)n);
+	free(buf);
+}
+
+static void drfs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	xattr_read(req, ino, name, size);
+}
+
+static void drfs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	xattr_read(req, ino, NULL, size);
+}
+
+const struct fuse_lowlevel_ops drfs_ops = {
+	.init = drfs_init,
+	.lookup = drfs_lookup,
+	.forget = drfs_forget,
+	.forget_multi = drfs_forget_multi,
+	.getattr = drfs_getattr,
+	.setattr = drfs_setattr,
+	.readlink = drfs_readlink,
+	.mknod = drfs_mknod,
+	.mkdir = drfs_mkdir,
+	.symlink = drfs_symlink,
+	.link = drfs_link,
+	.unlink = drfs_unlink,
+	.rmdir = drfs_rmdir,
+	.rename = drfs_rename,
+	.create = drfs_create,
+	.open = drfs_open,
+	.read = drfs_read,
+	.write = drfs_write,
+	.flush = drfs_flush,
+	.release = drfs_release,
+	.fsync = drfs_fsync,
+	.fallocate = drfs_fallocate,
+	.copy_file_range = drfs_copy_file_range,
+	.lseek = drfs_lseek,
+	.opendir = drfs_opendir,
+	.readdir = drfs_readdir,
+	.readdirplus = drfs_readdirplus,
+	.releasedir = drfs_releasedir,
+	.fsyncdir = drfs_fsyncdir,
+	.statfs = drfs_statfs,
+	.setxattr = drfs_setxattr,
+	.getxattr = drfs_getxattr,
+	.listxattr = drfs_listxattr,
+	.removexattr = drfs_removexattr,
+};

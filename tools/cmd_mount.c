@@ -1,0 +1,517 @@
+/*
+ * cmd_mount.c - drfs mount, the mount(8) helper form, and drfs umount.
+ *
+ * Three ways in, one path: "drfs mount BACKING MNT -o OPTS", the bare
+ * "drfs BACKING MNT -o OPTS" that mount.fuse3 uses, and /sbin/mount.fuse.drfs
+ * (a link to this binary) that mount(8) runs for "mount -t fuse.drfs".
+ *
+ * Everything that can be checked is checked before the kernel mount, and the
+ * kernel mount happens before the daemon detaches, so every failure is
+ * reported on the caller's terminal with a non-zero exit.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../common/common.h"
+#include "../fs/fs.h"
+#include "tools_i.h"
+
+static const char mount_usage[] =
+	"usage: drfs mount BACKING MOUNTPOINT [-o OPT[,OPT...]] [-f] [-d]\n"
+	"       drfs BACKING MOUNTPOINT [-o OPTS]        (the form mount.fuse3 uses)\n"
+	"       mount -t fuse.drfs BACKING MOUNTPOINT [-o OPTS]\n"
+	"\n"
+	"Mount the drfs backing directory BACKING on MOUNTPOINT.  The daemon detaches\n"
+	"once the filesystem is mounted; its log is STATE/drfs.log.\n"
+	"\n"
+	"options:\n"
+	"  -o allow_other       let users other than root use the mount\n"
+	"  -o ro                read-only\n"
+	"  -o dev,suid,exec     allow device files / set-id programs / execution\n"
+	"                       (defaults: nodev,nosuid,exec)\n"
+	"  -o noatime,relatime,strictatime,sync,dirsync\n"
+	"                       the usual mount flags\n"
+	"  -o source=DIR        the backing directory (when BACKING is only a name)\n"
+	"  -o max_threads=N     FUSE worker threads (default 16)\n"
+	"  -f                   stay in the foreground, log to stderr\n"
+	"  -d                   log every FUSE request (implies -f)\n"
+	"  -h, --help           show this help\n"
+	"\n"
+	"Permission checks are always done by the kernel (default_permissions).\n";
+
+static const char umount_usage[] =
+	"usage: drfs umount MOUNTPOINT\n"
+	"\n"
+	"Unmount a drfs filesystem and wait until its daemon has finished.\n";
+
+struct mount_opts {
+	char kernel[1024];   /* options for the kernel mount */
+	char *source;        /* -o source= */
+	unsigned int max_threads;
+	bool debug;
+	bool foreground;
+};
+
+/* Options handed to the kernel mount as they are. */
+static const char *const kernel_flags[] = {
+	"allow_other", "ro", "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec",
+	"atime", "noatime", "relatime", "norelatime", "strictatime", "nostrictatime",
+	"diratime", "nodiratime", "lazytime", "nolazytime", "sync", "async", "dirsync",
+};
+/* Words of fstab and mount(8) that concern them, not us. */
+static const char *const ignored_flags[] = {
+	"defaults", "auto", "noauto", "nofail", "_netdev", "user", "nouser", "users",
+	"owner", "group", "nonempty", "default_permissions", "loop",
+};
+
+static bool in_list(const char *s, const char *const *list, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(s, list[i]))
+			return true;
+	return false;
+}
+
+/* Parses one -o argument into O.  Returns EXIT_OK or EXIT_USAGE after a message. */
+static int parse_opts(const char *arg, struct mount_opts *o)
+{
+	char *buf = malloc(strlen(arg) + 1), *key, *value;
+	const char *cur = arg;
+	int ret = EXIT_OK;
+
+	if (!buf)
+		return EXIT_FAIL;
+	while (opt_next(&cur, buf, &key, &value)) {
+		if (!value && in_list(key, kernel_flags, ARRAY_SIZE(kernel_flags))) {
+			size_t l = strlen(o->kernel);
+			snprintf(o->kernel + l, sizeof(o->kernel) - l, "%s%s", l ? "," : "", key);
+		} else if (!value && in_list(key, ignored_flags, ARRAY_SIZE(ignored_flags))) {
+			continue;
+		} else if (!strncmp(key, "x-", 2) || !strcmp(key, "comment")) {
+			continue;
+		} else if (!strcmp(key, "source") && value && *value) {
+			free(o->source);
+			o->source = strdup(value);
+		} else if (!strcmp(key, "max_threads") && value) {
+			char *end;
+			unsigned long n = strtoul(value, &end, 10);
+			if (*end || n < 1 || n > 1024) {
+				say_error("mount option max_threads=%s: give a number from 1 to 1024", value);
+				ret = EXIT_USAGE;
+				break;
+			}
+			o->max_threads = (unsigned int)n;
+		} else if (!strcmp(key, "debug") && !value) {
+			o->debug = o->foreground = true;
+		} else if (!strcmp(key, "replica") || !strcmp(key, "snapshot_interval")) {
+			say_error("mount option '%s' is not part of this version yet; mount without it", key);
+			ret = EXIT_USAGE;
+			break;
+		} else {
+			say_error("unknown mount option '%s%s%s'; see 'drfs mount --help'", key,
+				  value ? "=" : "", value ? value : "");
+			ret = EXIT_USAGE;
+			break;
+		}
+	}
+	free(buf);
+	return ret;
+}
+
+/* "/run/drfs/HASH.mount": where a mount point leads back to its backing directory. */
+static void run_record_path(const char *mountpoint, char *buf, size_t len)
+{
+	unsigned long h = 5381;
+
+	for (const char *p = mountpoint; *p; p++)
+		h = h * 33 + (unsigned char)*p;
+	snprintf(buf, len, "/run/drfs/%016lx.mount", h);
+}
+
+static int write_records(const struct backing *b, const char *mountpoint)
+{
+	char text[8192], stamp[64], run[64];
+	time_t now = time(NULL);
+	struct tm tm;
+	int fd, len, ret;
+
+	gmtime_r(&now, &tm);
+	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	len = snprintf(text, sizeof(text), "pid=%ld\nmountpoint=%s\nbacking=%s\nstarted=%s\n",
+		       (long)getpid(), mountpoint, b->path, stamp);
+	fd = open(b->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	ret = write_file_durable(fd, "mount", text, (size_t)len);
+	close(fd);
+	if (ret)
+		return ret;
+	mkdir("/run/drfs", 0755);
+	run_record_path(mountpoint, run, sizeof(run));
+	fd = open("/run/drfs", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return 0; /* status by mount point will not work; by backing it will */
+	write_file_durable(fd, strrchr(run, '/') + 1, text, (size_t)len);
+	close(fd);
+	return 0;
+}
+
+static void remove_records(const struct backing *b, const char *mountpoint)
+{
+	char *file = path_join(b->state_dir, "mount"), run[64];
+
+	if (file)
+		unlink(file);
+	free(file);
+	run_record_path(mountpoint, run, sizeof(run));
+	unlink(run);
+}
+
+/*
+ * Detaches from the terminal once everything is in place: the parent waits
+ * for the child's word, so it exits only when the child is ready to serve.
+ * Returns in the child with *NOTIFY_FD set; never returns in the parent.
+ */
+static int daemonize(int *notify_fd)
+{
+	int p[2];
+	pid_t pid;
+	char c = 1;
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -errno;
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid > 0) {
+		close(p[1]);
+		if (read(p[0], &c, 1) != 1)
+			c = 1;
+		_exit(c == 0 ? EXIT_OK : EXIT_FAIL);
+	}
+	close(p[0]);
+	setsid();
+	if (chdir("/") < 0)
+		return -errno;
+	*notify_fd = p[1];
+	return 0;
+}
+
+static void notify_parent(int fd, bool ok)
+{
+	char c = ok ? 0 : 1;
+
+	if (fd < 0)
+		return;
+	if (write(fd, &c, 1) != 1)
+		log_warn("could not tell the starting process the mount is ready");
+	close(fd);
+}
+
+/* Points stdin and stdout at /dev/null and stderr at LOG_PATH. */
+static void redirect_stdio(const char *log_path)
+{
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	int log = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+
+	if (null >= 0) {
+		dup2(null, 0);
+		dup2(null, 1);
+		if (log < 0)
+			dup2(null, 2);
+		close(null);
+	}
+	if (log >= 0) {
+		dup2(log, 2);
+		close(log);
+	}
+}
+
+static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *o)
+{
+	struct fs_config cfg = { 0 };
+	struct drfs_fs *fs = NULL;
+	struct backing b;
+	struct mount_record rec;
+	struct stat st;
+	char *mnt = NULL, *lock_path = NULL, *log_path = NULL, *fstype = NULL;
+	int ret, lock_fd = -1, notify_fd = -1, fd;
+
+	ret = backing_load(o->source ? o->source : source, &b);
+	if (ret)
+		return ret;
+	ret = EXIT_FAIL;
+	mnt = path_absolute(mnt_arg);
+	if (!mnt)
+		goto out;
+	if (stat(mnt, &st) < 0) {
+		say_error("mountpoint %s: %s; create it with 'mkdir -p %s'", mnt, strerror(errno), mnt);
+		goto out;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		say_error("mountpoint %s is not a directory; give an empty directory", mnt);
+		goto out;
+	}
+	if (is_mount_point(mnt, &fstype)) {
+		say_error("%s is already a mount point (%s); unmount it first or choose another directory",
+			  mnt, fstype ? fstype : "unknown type");
+		goto out;
+	}
+	size_t bl = strlen(b.path);
+	if (strcmp(mnt, b.path) && !strncmp(mnt, b.path, bl) && (b.path[bl - 1] == '/' || mnt[bl] == '/')) {
+		say_error("mountpoint %s lies inside the backing directory %s; choose a directory outside it",
+			  mnt, b.path);
+		goto out;
+	}
+	fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		say_error("cannot open /dev/fuse: %s; install fuse3 and load the module (modprobe fuse)",
+			  strerror(errno));
+		goto out;
+	}
+	close(fd);
+
+	lock_path = path_join(b.state_dir, "lock");
+	lock_fd = lock_path ? open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600) : -1;
+	if (lock_fd < 0) {
+		say_error("cannot open %s: %s; check the state directory", lock_path, strerror(errno));
+		goto out;
+	}
+	if (flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		if (mount_record_read(b.state_dir, &rec) == 0 && rec.mountpoint) {
+			say_error("%s is in use by another drfs (pid %ld, mounted on %s); unmount it first with 'drfs umount %s'",
+				  b.state_dir, (long)rec.pid, rec.mountpoint, rec.mountpoint);
+			mount_record_release(&rec);
+		} else {
+			say_error("%s is in use by another drfs process; stop it first", b.state_dir);
+		}
+		goto out;
+	}
+
+	cfg.backing = b.path;
+	cfg.mountpoint = mnt;
+	cfg.fsname = source;
+	cfg.kernel_opts = o->kernel;
+	cfg.debug = o->debug;
+	cfg.max_threads = o->max_threads;
+	if (fs_open(&cfg, &fs)) {
+		say_error("mounting %s on %s failed; see the message above", b.path, mnt);
+		goto out;
+	}
+	if (!o->foreground) {
+		if (daemonize(&notify_fd) < 0) {
+			say_error("cannot detach from the terminal: %s", strerror(errno));
+			goto out_close;
+		}
+		log_path = path_join(b.state_dir, "drfs.log");
+		redirect_stdio(log_path);
+		log_set_timestamps(true);
+	}
+	if (write_records(&b, mnt) < 0)
+		log_warn("cannot record the mount in %s; 'drfs status' will not see it", b.state_dir);
+	log_info("mounted %s on %s (pid %ld)", b.path, mnt, (long)getpid());
+	notify_parent(notify_fd, true);
+	notify_fd = -1;
+	ret = fs_serve(fs) ? EXIT_FAIL : EXIT_OK;
+	remove_records(&b, mnt);
+	log_info("unmounted %s", mnt);
+out_close:
+	fs_close(fs);
+out:
+	notify_parent(notify_fd, false);
+	if (lock_fd >= 0)
+		close(lock_fd);
+	free(fstype);
+	free(lock_path);
+	free(log_path);
+	free(mnt);
+	backing_release(&b);
+	return ret;
+}
+
+int cmd_mount(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ "options", required_argument, NULL, 'o' },
+		{ "foreground", no_argument, NULL, 'f' },
+		{ 0 },
+	};
+	struct mount_opts o = { 0 };
+	int c, ret;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "+ho:fd", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+			fputs(mount_usage, stdout);
+			return EXIT_OK;
+		case 'o':
+			if ((ret = parse_opts(optarg, &o)))
+				goto out;
+			break;
+		case 'f':
+			o.foreground = true;
+			break;
+		case 'd':
+			o.debug = o.foreground = true;
+			break;
+		default:
+			fputs(mount_usage, stderr);
+			ret = EXIT_USAGE;
+			goto out;
+		}
+	}
+	/* Options may also follow the operands, as mount.fuse3 puts them. */
+	if (argc - optind >= 2) {
+		char *src = argv[optind], *mnt = argv[optind + 1];
+		int rest = optind + 2;
+
+		optind = rest;
+		while ((c = getopt_long(argc, argv, "ho:fd", longopts, NULL)) != -1) {
+			switch (c) {
+			case 'o':
+				if ((ret = parse_opts(optarg, &o)))
+					goto out;
+				break;
+			case 'f':
+				o.foreground = true;
+				break;
+			case 'd':
+				o.debug = o.foreground = true;
+				break;
+			default:
+				fputs(mount_usage, stderr);
+				ret = EXIT_USAGE;
+				goto out;
+			}
+		}
+		if (optind != argc) {
+			say_error("unexpected argument '%s'; see 'drfs mount --help'", argv[optind]);
+			ret = EXIT_USAGE;
+			goto out;
+		}
+		ret = do_mount(src, mnt, &o);
+		goto out;
+	}
+	say_error("mount needs BACKING and MOUNTPOINT; see 'drfs mount --help'");
+	ret = EXIT_USAGE;
+out:
+	free(o.source);
+	return ret;
+}
+
+/*
+ * mount(8) runs /sbin/mount.fuse.drfs SOURCE MOUNTPOINT [-o OPTS] [-f] [-n]
+ * [-s] [-v], where -f means "fake": do nothing.  The bare "drfs BACKING MNT"
+ * form arrives here too, with -f meaning foreground as for drfs mount.
+ */
+int cmd_mount_helper(int argc, char **argv)
+{
+	const char *base = strrchr(argv[0], '/');
+	bool helper = !strncmp(base ? base + 1 : argv[0], "mount.", 6);
+	struct mount_opts o = { 0 };
+	const char *pos[2] = { NULL, NULL };
+	int npos = 0, ret = EXIT_OK;
+	bool fake = false;
+
+	for (int i = 1; i < argc && !ret; i++) {
+		const char *a = argv[i];
+
+		if (!strcmp(a, "-o") && i + 1 < argc)
+			ret = parse_opts(argv[++i], &o);
+		else if (!strncmp(a, "-o", 2) && a[2])
+			ret = parse_opts(a + 2, &o);
+		else if (!strcmp(a, "-f"))
+			helper ? (void)(fake = true) : (void)(o.foreground = true);
+		else if (!strcmp(a, "-d"))
+			o.debug = o.foreground = true;
+		else if (helper && (!strcmp(a, "-n") || !strcmp(a, "-s") || !strcmp(a, "-v")))
+			continue;
+		else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			fputs(mount_usage, stdout);
+			free(o.source);
+			return EXIT_OK;
+		} else if (a[0] == '-') {
+			say_error("unknown option '%s'; see 'drfs mount --help'", a);
+			ret = EXIT_USAGE;
+		} else if (npos < 2) {
+			pos[npos++] = a;
+		} else {
+			say_error("unexpected argument '%s'; see 'drfs mount --help'", a);
+			ret = EXIT_USAGE;
+		}
+	}
+	if (!ret && npos != 2) {
+		say_error("mount needs BACKING and MOUNTPOINT; see 'drfs mount --help'");
+		ret = EXIT_USAGE;
+	}
+	if (!ret && !fake)
+		ret = do_mount(pos[0], pos[1], &o);
+	free(o.source);
+	return ret;
+}
+
+int cmd_umount(int argc, char **argv)
+{
+	struct mount_record rec;
+	char *mnt, *fstype = NULL;
+	int ret = EXIT_FAIL;
+
+	if (argc == 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
+		fputs(umount_usage, stdout);
+		return EXIT_OK;
+	}
+	if (argc != 2 || argv[1][0] == '-') {
+		say_error("umount takes one MOUNTPOINT; see 'drfs umount --help'");
+		return EXIT_USAGE;
+	}
+	mnt = path_absolute(argv[1]);
+	if (!mnt)
+		return EXIT_FAIL;
+	if (!is_mount_point(mnt, &fstype)) {
+		say_error("%s is not mounted", mnt);
+		goto out;
+	}
+	if (!fstype || strcmp(fstype, "fuse.drfs")) {
+		say_error("%s is a %s mount, not drfs; use umount(8) for it", mnt,
+			  fstype ? fstype : "unknown");
+		goto out;
+	}
+	if (mount_record_for_mountpoint(mnt, &rec) < 0)
+		memset(&rec, 0, sizeof(rec));
+	if (umount2(mnt, 0) < 0) {
+		if (errno == EBUSY)
+			say_error("%s is busy: a process still uses it (see 'fuser -vm %s'); stop it and retry",
+				  mnt, mnt);
+		else
+			say_error("cannot unmount %s: %s", mnt, strerror(errno));
+		mount_record_release(&rec);
+		goto out;
+	}
+	/* The daemon finishes its work after the kernel lets go: wait for it. */
+	for (int i = 0; i < 6000 && pid_alive(rec.pid); i++)
+		usleep(10000);
+	if (pid_alive(rec.pid)) {
+		say_error("%s is unmounted but its daemon (pid %ld) is still running; see its log",
+			  mnt, (long)rec.pid);
+		mount_record_release(&rec);
+		goto out;
+	}
+	mount_record_release(&rec);
+	ret = EXIT_OK;
+out:
+	free(fstype);
+	free(mnt);
+	return ret;
+}

@@ -1,0 +1,115 @@
+/*
+ * cmd_status.c - drfs status: what drfs knows about a backing directory and
+ * its mount.  Later modules add their lines (journal, snapshots, replica).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+
+#include "../common/common.h"
+#include "tools_i.h"
+
+static const char status_usage[] =
+	"usage: drfs status MOUNTPOINT|BACKING [--json]\n"
+	"\n"
+	"Show the backing directory, its state directory and whether it is mounted.\n"
+	"\n"
+	"options:\n"
+	"  --json       machine-readable output\n"
+	"  -h, --help   show this help\n";
+
+/* Prints S as a JSON string. */
+static void json_str(const char *s)
+{
+	putchar('"');
+	for (; s && *s; s++) {
+		if (*s == '"' || *s == '\\')
+			printf("\\%c", *s);
+		else if ((unsigned char)*s < 0x20)
+			printf("\\u%04x", *s);
+		else
+			putchar(*s);
+	}
+	putchar('"');
+}
+
+int cmd_status(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct mount_record rec;
+	struct backing b;
+	struct statvfs sv;
+	bool json = false, mounted;
+	const char *target;
+	int c, ret;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			json = true;
+			break;
+		case 'h':
+			fputs(status_usage, stdout);
+			return EXIT_OK;
+		default:
+			fputs(status_usage, stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (argc - optind != 1) {
+		say_error("status takes one MOUNTPOINT or BACKING; see 'drfs status --help'");
+		return EXIT_USAGE;
+	}
+	target = argv[optind];
+	/* A mount point leads to its backing directory through the mount record. */
+	if (mount_record_for_mountpoint(target, &rec) == 0 && rec.backing) {
+		ret = backing_load(rec.backing, &b);
+		mount_record_release(&rec);
+	} else {
+		ret = backing_load(target, &b);
+	}
+	if (ret)
+		return ret;
+	mounted = mount_record_read(b.state_dir, &rec) == 0 && pid_alive(rec.pid);
+	if (statvfs(b.path, &sv) < 0)
+		memset(&sv, 0, sizeof(sv));
+	unsigned long long total = (unsigned long long)sv.f_blocks * sv.f_frsize;
+	unsigned long long avail = (unsigned long long)sv.f_bavail * sv.f_frsize;
+
+	if (json) {
+		printf("{\"backing\":");
+		json_str(b.path);
+		printf(",\"state_dir\":");
+		json_str(b.state_dir);
+		printf(",\"format\":%d,\"mounted\":%s", b.format, mounted ? "true" : "false");
+		if (mounted) {
+			printf(",\"mountpoint\":");
+			json_str(rec.mountpoint);
+			printf(",\"pid\":%ld,\"started\":", (long)rec.pid);
+			json_str(rec.started);
+		}
+		printf(",\"disk_bytes\":%llu,\"disk_free_bytes\":%llu}\n", total, avail);
+	} else {
+		printf("backing:     %s\n", b.path);
+		printf("state:       %s\n", b.state_dir);
+		printf("format:      %d\n", b.format);
+		if (mounted)
+			printf("mounted:     on %s by pid %ld since %s\n", rec.mountpoint,
+			       (long)rec.pid, rec.started ? rec.started : "?");
+		else
+			printf("mounted:     no\n");
+		printf("disk:        %.1f GiB free of %.1f GiB\n", avail / 1073741824.0,
+		       total / 1073741824.0);
+	}
+	mount_record_release(&rec);
+	backing_release(&b);
+	return EXIT_OK;
+}
