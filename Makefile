@@ -58,7 +58,7 @@ tests/unit/test_fs: build/san/tests/unit/test_fs.o $(call obj,build/san,$(COMMON
 
 HELPERS := tests/helpers/fsops
 tests/helpers/fsops: tests/helpers/fsops.c
-	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $< -lacl 2>/dev/null || $(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $<
+	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $<
 
 deps:
 	@tools/install-deps.sh

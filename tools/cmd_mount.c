@@ -425,6 +425,14 @@ int cmd_mount_helper(int argc, char **argv)
 	int npos = 0, ret = EXIT_OK;
 	bool fake = false;
 
+	/*
+	 * mount(8) leaves out "dev" and "suid" because they are its defaults for
+	 * root; the FUSE defaults are the opposite, so restore mount(8)'s.  A
+	 * "nodev" or "nosuid" in the options still wins: later options override.
+	 */
+	if (helper && getuid() == 0)
+		ret = parse_opts("dev,suid", &o);
+
 	for (int i = 1; i < argc && !ret; i++) {
 		const char *a = argv[i];
 

@@ -179,7 +179,19 @@ void mount_record_release(struct mount_record *r)
 
 bool pid_alive(pid_t pid)
 {
-	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+	char path[64], *text, *paren;
+	bool alive;
+
+	if (pid <= 0 || (kill(pid, 0) < 0 && errno != EPERM))
+		return false;
+	/* A zombie has finished its work; only its parent has not noticed yet. */
+	snprintf(path, sizeof(path), "/proc/%ld/stat", (long)pid);
+	if (read_file_small(path, &text, NULL) < 0)
+		return false;
+	paren = strrchr(text, ')');
+	alive = !(paren && paren[1] == ' ' && paren[2] == 'Z');
+	free(text);
+	return alive;
 }
 
 /* Undoes the octal escapes of /proc/self/mountinfo in place. */
