@@ -37,28 +37,38 @@ obj = $(patsubst %.c,$(1)/%.o,$(2))
 .PHONY: all test unit integration run bench install uninstall deps clean
 all: drfs
 
-$(BUILD)/%.o: %.c
+build/release/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(BASEFLAGS) $(PKG_CFLAGS) $(CFLAGS) $(EXTRA) -c -o $@ $<
-
-drfs: $(call obj,$(BUILD),$(DRFS_SRC))
-	$(CC) $(CFLAGS) $(EXTRA) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+	@echo "  CC      $<"
+	@$(CC) $(BASEFLAGS) $(PKG_CFLAGS) $(CFLAGS) -c -o $@ $<
 
 # Unit tests are always built with the sanitizers.
-UNIT_BUILD := build/san
 build/san/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(BASEFLAGS) $(PKG_CFLAGS) $(CFLAGS) $(SANFLAGS) -c -o $@ $<
+	@echo "  CC [san] $<"
+	@$(CC) $(BASEFLAGS) $(PKG_CFLAGS) $(CFLAGS) $(SANFLAGS) -c -o $@ $<
+
+# Relink when switching between SAN=1 and a plain build.
+FLAVOUR := build/.flavour-$(if $(SAN),san,release)
+$(FLAVOUR):
+	@mkdir -p build && rm -f build/.flavour-* && touch $@
+
+drfs: $(call obj,$(BUILD),$(DRFS_SRC)) $(FLAVOUR)
+	@echo "  LINK    $@"
+	@$(CC) $(CFLAGS) $(EXTRA) $(LDFLAGS) -o $@ $(filter %.o,$^) $(PKG_LIBS)
 
 UNIT_TESTS := tests/unit/test_common tests/unit/test_fs
 tests/unit/test_common: build/san/tests/unit/test_common.o $(call obj,build/san,$(COMMON_SRC))
-	$(CC) $(CFLAGS) $(SANFLAGS) -o $@ $^ -lcmocka
+	@echo "  LINK    $@"
+	@$(CC) $(CFLAGS) $(SANFLAGS) -Wl,--wrap=fsync,--wrap=write -o $@ $^ -lcmocka
 tests/unit/test_fs: build/san/tests/unit/test_fs.o $(call obj,build/san,$(COMMON_SRC) fs/inode.c fs/mutate.c)
-	$(CC) $(CFLAGS) $(SANFLAGS) -o $@ $^ -lcmocka $(PKG_LIBS)
+	@echo "  LINK    $@"
+	@$(CC) $(CFLAGS) $(SANFLAGS) -Wl,--wrap=fchownat -o $@ $^ -lcmocka $(PKG_LIBS)
 
 HELPERS := tests/helpers/fsops
 tests/helpers/fsops: tests/helpers/fsops.c
-	$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $<
+	@echo "  CC      $@"
+	@$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $<
 
 deps:
 	@tools/install-deps.sh

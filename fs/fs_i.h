@@ -53,6 +53,10 @@ struct drfs_fs {
 };
 
 /* inode.c */
+/*
+ * Opens fs->cfg.backing, sets up the root inode and an empty table.
+ * Returns 0 or -errno (logged).  inode_table_release() undoes it all.
+ */
 int inode_table_init(struct drfs_fs *fs);
 void inode_table_release(struct drfs_fs *fs);
 /* Node id -> inode; NULL when the kernel names an inode we do not know. */

@@ -26,11 +26,72 @@ static size_t hash_ino(uint64_t ino, size_t size)
 	return (size_t)(ino & (size - 1));
 }
 
+/* Whether the backing filesystem gives out file handles we may open. */
+static bool probe_handles(int backing_fd, int mount_fd)
+{
+	struct {
+		struct file_handle fh;
+		unsigned char buf[HANDLE_MAX];
+	} h;
+	int mount_id, fd;
+
+	h.fh.handle_bytes = HANDLE_MAX;
+	if (name_to_handle_at(backing_fd, "", &h.fh, &mount_id, AT_EMPTY_PATH) < 0)
+		return false;
+	fd = open_by_handle_at(mount_fd, &h.fh, O_PATH | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	close(fd);
+	return true;
+}
+
 int inode_table_init(struct drfs_fs *fs)
 {
+	const char *backing = fs->cfg.backing;
+	struct stat st;
+	int ret;
+
+	fs->mount_fd = -1;
+	fs->backing_fd = open(backing, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fs->backing_fd < 0 || fstat(fs->backing_fd, &st) < 0) {
+		ret = -errno;
+		log_error("cannot open backing directory %s: %s", backing, strerror(-ret));
+		goto out_close;
+	}
+	fs->mount_fd = open(backing, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fs->mount_fd < 0) {
+		ret = -errno;
+		log_error("cannot open backing directory %s: %s", backing, strerror(-ret));
+		goto out_close;
+	}
+	fs->backing_dev = st.st_dev;
+	fs->use_handles = probe_handles(fs->backing_fd, fs->mount_fd);
+	if (!fs->use_handles)
+		log_warn("%s has no usable file handles; keeping one fd per cached inode", backing);
 	fs->table_size = 1 << 14;
 	fs->table = calloc(fs->table_size, sizeof(*fs->table));
-	return fs->table ? 0 : -ENOMEM;
+	fs->root = calloc(1, sizeof(*fs->root));
+	if (!fs->table || !fs->root) {
+		ret = -ENOMEM;
+		goto out_free;
+	}
+	fs->root->ino = st.st_ino;
+	fs->root->type = S_IFDIR;
+	fs->root->nlookup = 2;
+	fs->root->fd = fs->backing_fd;
+	return 0;
+
+out_free:
+	free(fs->table);
+	free(fs->root);
+	fs->table = NULL;
+	fs->root = NULL;
+out_close:
+	if (fs->mount_fd >= 0)
+		close(fs->mount_fd);
+	if (fs->backing_fd >= 0)
+		close(fs->backing_fd);
+	return ret;
 }
 
 static void inode_free(struct drfs_inode *inode)
@@ -52,6 +113,10 @@ void inode_table_release(struct drfs_fs *fs)
 	}
 	free(fs->table);
 	fs->table = NULL;
+	free(fs->root);
+	fs->root = NULL;
+	close(fs->mount_fd);
+	close(fs->backing_fd);
 }
 
 /* Caller holds fs->lock. */

@@ -27,30 +27,10 @@ static void raise_fd_limit(void)
 	}
 }
 
-/* Whether the backing filesystem gives out file handles we may open. */
-static bool probe_handles(int backing_fd, int mount_fd)
-{
-	struct {
-		struct file_handle fh;
-		unsigned char buf[128];
-	} h;
-	int mount_id, fd;
-
-	h.fh.handle_bytes = sizeof(h.buf);
-	if (name_to_handle_at(backing_fd, "", &h.fh, &mount_id, AT_EMPTY_PATH) < 0)
-		return false;
-	fd = open_by_handle_at(mount_fd, &h.fh, O_PATH | O_CLOEXEC);
-	if (fd < 0)
-		return false;
-	close(fd);
-	return true;
-}
-
 int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
 	struct drfs_fs *fs;
-	struct stat st;
 	char *opts = NULL;
 	int ret;
 
@@ -58,50 +38,19 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 	if (!fs)
 		return -ENOMEM;
 	fs->cfg = *cfg;
-	fs->mount_fd = -1;
 	fs->timeout = DRFS_CACHE_TIMEOUT;
 	pthread_mutex_init(&fs->lock, NULL);
 	raise_fd_limit();
 
-	fs->backing_fd = open(cfg->backing, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	if (fs->backing_fd < 0) {
-		ret = -errno;
-		log_error("cannot open backing directory %s: %s", cfg->backing, strerror(-ret));
-		goto out_free;
-	}
-	if (fstat(fs->backing_fd, &st) < 0) {
-		ret = -errno;
-		goto out_close_backing;
-	}
-	fs->backing_dev = st.st_dev;
-	fs->mount_fd = open(cfg->backing, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fs->mount_fd < 0) {
-		ret = -errno;
-		log_error("cannot open backing directory %s: %s", cfg->backing, strerror(-ret));
-		goto out_close_backing;
-	}
-	fs->use_handles = probe_handles(fs->backing_fd, fs->mount_fd);
-	if (!fs->use_handles)
-		log_warn("%s has no usable file handles; keeping one fd per cached inode",
-			 cfg->backing);
 	ret = inode_table_init(fs);
 	if (ret)
-		goto out_close_backing;
-	fs->root = calloc(1, sizeof(*fs->root));
-	if (!fs->root) {
-		ret = -ENOMEM;
-		goto out_table;
-	}
-	fs->root->ino = st.st_ino;
-	fs->root->type = S_IFDIR;
-	fs->root->nlookup = 2;
-	fs->root->fd = fs->backing_fd;
+		goto out_free;
 
 	if (asprintf(&opts, "fsname=%s,subtype=drfs,default_permissions%s%s", cfg->fsname,
 		     cfg->kernel_opts && *cfg->kernel_opts ? "," : "",
 		     cfg->kernel_opts ? cfg->kernel_opts : "") < 0) {
 		ret = -ENOMEM;
-		goto out_root;
+		goto out_table;
 	}
 	if (fuse_opt_add_arg(&args, "drfs") || fuse_opt_add_arg(&args, "-o") ||
 	    fuse_opt_add_arg(&args, opts) || (cfg->debug && fuse_opt_add_arg(&args, "-d"))) {
@@ -137,14 +86,8 @@ out_session:
 out_args:
 	fuse_opt_free_args(&args);
 	free(opts);
-out_root:
-	free(fs->root);
 out_table:
 	inode_table_release(fs);
-out_close_backing:
-	if (fs->mount_fd >= 0)
-		close(fs->mount_fd);
-	close(fs->backing_fd);
 out_free:
 	pthread_mutex_destroy(&fs->lock);
 	free(fs);
@@ -175,9 +118,6 @@ void fs_close(struct drfs_fs *fs)
 		fuse_session_unmount(fs->se);
 	fuse_session_destroy(fs->se);
 	inode_table_release(fs);
-	free(fs->root);
-	close(fs->mount_fd);
-	close(fs->backing_fd);
 	pthread_mutex_destroy(&fs->lock);
 	free(fs);
 }

@@ -1,0 +1,240 @@
+/*
+ * Unit tests for fs/ without a kernel mount: the inode table (identity,
+ * lookup counts, reuse) and fs_mutate() against a scratch backing directory,
+ * including injected failures that must leave nothing half-made.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "../../common/common.h"
+#include "../../fs/fs_i.h"
+
+static int fail_fchownat;
+int __real_fchownat(int fd, const char *path, uid_t uid, gid_t gid, int flags);
+int __wrap_fchownat(int fd, const char *path, uid_t uid, gid_t gid, int flags)
+{
+	if (fail_fchownat) {
+		errno = fail_fchownat;
+		return -1;
+	}
+	return __real_fchownat(fd, path, uid, gid, flags);
+}
+
+struct fixture {
+	char dir[64];
+	struct drfs_fs fs;
+};
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+
+	strcpy(f->dir, "/tmp/drfs-unit-fs.XXXXXX");
+	if (!mkdtemp(f->dir))
+		return -1;
+	f->fs.cfg.backing = f->dir;
+	f->fs.timeout = 1.0;
+	pthread_mutex_init(&f->fs.lock, NULL);
+	if (inode_table_init(&f->fs))
+		return -1;
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+	char cmd[128];
+
+	inode_table_release(&f->fs);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
+	if (system(cmd))
+		return -1;
+	free(f);
+	return 0;
+}
+
+static struct drfs_inode *lookup(struct fixture *f, struct drfs_inode *dir, const char *name,
+				 struct fuse_entry_param *e)
+{
+	assert_int_equal(inode_lookup(&f->fs, dir, name, e), 0);
+	return inode_get(&f->fs, e->ino);
+}
+
+static void test_lookup_identity(void **state)
+{
+	struct fixture *f = *state;
+	struct fuse_entry_param e1, e2, e3;
+	char path[128];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/a", f->dir);
+	close(open(path, O_CREAT | O_WRONLY, 0644));
+	snprintf(path, sizeof(path), "%s/b", f->dir);
+	char a[128];
+	snprintf(a, sizeof(a), "%s/a", f->dir);
+	assert_int_equal(link(a, path), 0);
+	assert_int_equal(stat(a, &st), 0);
+
+	struct drfs_inode *ia = lookup(f, f->fs.root, "a", &e1);
+	struct drfs_inode *ib = lookup(f, f->fs.root, "b", &e2);
+	assert_ptr_equal(ia, ib);                 /* hard links: one inode */
+	assert_int_equal(e1.ino, st.st_ino);      /* node id is the backing inode number */
+	assert_int_equal(e1.attr.st_ino, st.st_ino);
+	assert_int_equal(e1.generation, e2.generation);
+	assert_int_equal(ia->nlookup, 2);
+	inode_forget(&f->fs, ia, 1);
+	assert_ptr_equal(inode_get(&f->fs, st.st_ino), ia);
+	inode_forget(&f->fs, ia, 1);
+	assert_null(inode_get(&f->fs, st.st_ino)); /* freed at zero */
+	assert_int_equal(inode_lookup(&f->fs, f->fs.root, "missing", &e3), -ENOENT);
+	/* The state directory is never found. */
+	snprintf(path, sizeof(path), "%s/" DRFS_STATE_NAME, f->dir);
+	assert_int_equal(mkdir(path, 0700), 0);
+	assert_int_equal(inode_lookup(&f->fs, f->fs.root, DRFS_STATE_NAME, &e3), -ENOENT);
+	assert_int_equal(inode_get(&f->fs, FUSE_ROOT_ID) == f->fs.root, 1);
+}
+
+/* Many inodes: the table grows and every one stays reachable. */
+static void test_table_growth(void **state)
+{
+	struct fixture *f = *state;
+	struct fuse_entry_param e;
+	char path[160];
+	enum { N = 20000 };
+	static uint64_t inos[N];
+
+	snprintf(path, sizeof(path), "%s/many", f->dir);
+	mkdir(path, 0755);
+	struct drfs_inode *dir = lookup(f, f->fs.root, "many", &e);
+	for (int i = 0; i < N; i++) {
+		char name[32];
+		snprintf(name, sizeof(name), "f%d", i);
+		snprintf(path, sizeof(path), "%s/many/%s", f->dir, name);
+		close(open(path, O_CREAT | O_WRONLY, 0644));
+		lookup(f, dir, name, &e);
+		inos[i] = e.ino;
+	}
+	assert_true(f->fs.table_size >= N);
+	for (int i = 0; i < N; i++) {
+		struct drfs_inode *in = inode_get(&f->fs, inos[i]);
+		assert_non_null(in);
+		assert_int_equal(in->ino, inos[i]);
+		inode_forget(&f->fs, in, 1);
+	}
+	assert_int_equal(f->fs.table_count, 1); /* only "many" is left */
+	inode_forget(&f->fs, dir, 1);
+}
+
+static void test_mutations(void **state)
+{
+	struct fixture *f = *state;
+	struct fuse_entry_param e;
+	char path[160], buf[16];
+	struct stat st;
+	ssize_t r;
+
+	struct mutation m = { .type = MUT_MKDIR, .dir = f->fs.root, .name = "d", .mode = 0750,
+			      .uid = 1234, .gid = 99 };
+	assert_int_equal(fs_mutate(&f->fs, &m), 0);
+	snprintf(path, sizeof(path), "%s/d", f->dir);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_mode & 07777, 0750);
+	assert_int_equal(st.st_uid, 1234);
+	assert_int_equal(st.st_gid, 99);
+	struct drfs_inode *d = lookup(f, f->fs.root, "d", &e);
+
+	struct mutation c = { .type = MUT_CREATE, .dir = d, .name = "f", .mode = 0640,
+			      .open_flags = O_RDWR, .uid = 5, .gid = 6 };
+	r = fs_mutate(&f->fs, &c);
+	assert_true(r >= 0);
+	int fd = (int)r;
+	struct mutation w = { .type = MUT_WRITE, .fd = fd, .offset = 3, .data = "abc", .size = 3 };
+	assert_int_equal(fs_mutate(&f->fs, &w), 3);
+	struct drfs_inode *fi = lookup(f, d, "f", &e);
+	assert_int_equal(e.attr.st_size, 6);
+	assert_int_equal(e.attr.st_uid, 5);
+
+	struct mutation t = { .type = MUT_SETATTR, .node = fi, .fd = -1,
+			      .valid = FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_MODE };
+	t.attr.st_size = 4;
+	t.attr.st_mode = 0600;
+	assert_int_equal(fs_mutate(&f->fs, &t), 0);
+	snprintf(path, sizeof(path), "%s/d/f", f->dir);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_size, 4);
+	assert_int_equal(st.st_mode & 07777, 0600);
+
+	struct mutation x = { .type = MUT_SETXATTR, .node = fi, .xname = "user.k", .data = "v",
+			      .size = 1 };
+	assert_int_equal(fs_mutate(&f->fs, &x), 0);
+	assert_int_equal(getxattr(path, "user.k", buf, sizeof(buf)), 1);
+	x.flags = XATTR_CREATE;
+	assert_int_equal(fs_mutate(&f->fs, &x), -EEXIST);
+
+	struct mutation rn = { .type = MUT_RENAME, .dir = d, .name = "f", .newdir = f->fs.root,
+			       .newname = "g", .flags = RENAME_NOREPLACE };
+	assert_int_equal(fs_mutate(&f->fs, &rn), 0);
+	assert_int_equal(fs_mutate(&f->fs, &rn), -ENOENT);
+	struct mutation ln = { .type = MUT_LINK, .node = fi, .dir = d, .name = "h" };
+	assert_int_equal(fs_mutate(&f->fs, &ln), 0);
+	snprintf(path, sizeof(path), "%s/g", f->dir);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_nlink, 2);
+	struct mutation ul = { .type = MUT_UNLINK, .dir = f->fs.root, .name = "g" };
+	assert_int_equal(fs_mutate(&f->fs, &ul), 0);
+	struct mutation rd = { .type = MUT_RMDIR, .dir = f->fs.root, .name = "d" };
+	assert_int_equal(fs_mutate(&f->fs, &rd), -ENOTEMPTY);
+
+	/* The state directory's name is refused for every namespace change. */
+	struct mutation hid = { .type = MUT_MKDIR, .dir = f->fs.root, .name = DRFS_STATE_NAME,
+				.mode = 0755 };
+	assert_int_equal(fs_mutate(&f->fs, &hid), -EPERM);
+	struct mutation hid2 = { .type = MUT_RENAME, .dir = d, .name = "h",
+				 .newdir = f->fs.root, .newname = DRFS_STATE_NAME };
+	assert_int_equal(fs_mutate(&f->fs, &hid2), -EPERM);
+	close(fd);
+	inode_forget(&f->fs, fi, 1);
+	inode_forget(&f->fs, d, 1);
+}
+
+/* A create whose ownership cannot be set fails whole: no file is left. */
+static void test_create_rollback(void **state)
+{
+	struct fixture *f = *state;
+	char path[160];
+
+	fail_fchownat = EIO;
+	struct mutation c = { .type = MUT_CREATE, .dir = f->fs.root, .name = "half", .mode = 0644,
+			      .open_flags = O_RDWR, .uid = 7, .gid = 7 };
+	assert_int_equal(fs_mutate(&f->fs, &c), -EIO);
+	struct mutation m = { .type = MUT_MKDIR, .dir = f->fs.root, .name = "halfdir",
+			      .mode = 0755, .uid = 7, .gid = 7 };
+	assert_int_equal(fs_mutate(&f->fs, &m), -EIO);
+	fail_fchownat = 0;
+	snprintf(path, sizeof(path), "%s/half", f->dir);
+	assert_int_equal(access(path, F_OK), -1);
+	snprintf(path, sizeof(path), "%s/halfdir", f->dir);
+	assert_int_equal(access(path, F_OK), -1);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_lookup_identity, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_table_growth, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_mutations, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_create_rollback, setup, teardown),
+	};
+	return cmocka_run_group_tests_name("fs", tests, NULL, NULL);
+}
