@@ -25,16 +25,25 @@
 
 #include "fs.h"
 
+#define INODE_HANDLE_MAX 40  /* larger handles: keep an O_PATH fd instead */
+
+/*
+ * A backing inode number can be reused once its file is deleted and no fd
+ * pins it.  An entry that holds an fd pins its inode, so only handle-based
+ * entries can go stale; inode_lookup() then rebinds the entry to the new
+ * object (new handle, generation and type, lookup counts carried over) and
+ * the kernel, seeing the new generation, retires its old inode.
+ */
 struct drfs_inode {
 	uint64_t ino;              /* backing st_ino; the FUSE node id (root: FUSE_ROOT_ID) */
-	uint32_t gen;              /* backing generation, from the file handle */
-	mode_t type;               /* S_IFMT bits, never changes */
 	uint64_t nlookup;          /* protected by fs->lock */
 	struct drfs_inode *next;   /* hash chain, protected by fs->lock */
-	int fd;                    /* O_PATH fd (directories, or no handle support); else -1 */
-	int handle_type;           /* valid when fd < 0 */
+	uint32_t gen;              /* backing generation; protected by fs->lock */
+	mode_t type;               /* S_IFMT bits; protected by fs->lock */
+	int fd;                    /* O_PATH fd (directories, or no handles), else -1; set once */
+	int handle_type;           /* valid when fd < 0; protected by fs->lock */
 	unsigned int handle_bytes;
-	unsigned char handle[];    /* handle_bytes of opaque file handle */
+	unsigned char handle[INODE_HANDLE_MAX];
 };
 
 struct drfs_fs {

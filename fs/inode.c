@@ -199,45 +199,56 @@ bool fs_is_hidden(struct drfs_fs *fs, struct drfs_inode *dir, const char *name)
 	return dir == fs->root && !strcmp(name, DRFS_STATE_NAME);
 }
 
+struct handle_buf {
+	struct file_handle fh;
+	unsigned char buf[HANDLE_MAX];
+};
+
+/* The backing file handle of NAME in DIRFD; 0 or -errno. */
+static int handle_of(int dirfd, const char *name, struct handle_buf *h)
+{
+	int mount_id;
+
+	h->fh.handle_bytes = HANDLE_MAX;
+	if (name_to_handle_at(dirfd, name, &h->fh, &mount_id, 0) < 0)
+		return -errno;
+	return h->fh.handle_bytes <= INODE_HANDLE_MAX ? 0 : -EOVERFLOW;
+}
+
+/* Caller holds fs->lock (or owns IN exclusively). */
+static void set_handle(struct drfs_inode *in, const struct handle_buf *h)
+{
+	in->handle_type = h->fh.handle_type;
+	in->handle_bytes = h->fh.handle_bytes;
+	memcpy(in->handle, h->fh.f_handle, h->fh.handle_bytes);
+	in->gen = 0;
+	if (h->fh.handle_type == FILEID_INO32_GEN && h->fh.handle_bytes >= 8)
+		memcpy(&in->gen, h->fh.f_handle + 4, 4);
+}
+
 /*
- * Builds a new inode for NAME in directory fd DIRFD with attributes ST.
- * Returns NULL on failure with errno set.
+ * Builds a new inode for NAME in directory fd DIRFD with attributes ST; H is
+ * its handle when HAVE_HANDLE.  Returns NULL on failure with errno set.
  */
 static struct drfs_inode *inode_new(struct drfs_fs *fs, int dirfd, const char *name,
-				    const struct stat *st)
+				    const struct stat *st, const struct handle_buf *h,
+				    bool have_handle)
 {
-	struct {
-		struct file_handle fh;
-		unsigned char buf[HANDLE_MAX];
-	} h;
-	struct drfs_inode *in;
-	int mount_id;
-	bool want_fd = S_ISDIR(st->st_mode) || !fs->use_handles;
+	struct drfs_inode *in = calloc(1, sizeof(*in));
 
-	h.fh.handle_bytes = HANDLE_MAX;
-	if (!want_fd && name_to_handle_at(dirfd, name, &h.fh, &mount_id, 0) < 0) {
-		if (errno != EOPNOTSUPP)
-			return NULL;
-		want_fd = true;
-	}
-	in = calloc(1, sizeof(*in) + (want_fd ? 0 : h.fh.handle_bytes));
 	if (!in)
 		return NULL;
 	in->ino = st->st_ino;
 	in->type = st->st_mode & S_IFMT;
 	in->fd = -1;
-	if (want_fd) {
+	if (S_ISDIR(st->st_mode) || !have_handle) {
 		in->fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 		if (in->fd < 0) {
 			free(in);
 			return NULL;
 		}
 	} else {
-		in->handle_type = h.fh.handle_type;
-		in->handle_bytes = h.fh.handle_bytes;
-		memcpy(in->handle, h.fh.f_handle, h.fh.handle_bytes);
-		if (h.fh.handle_type == FILEID_INO32_GEN && h.fh.handle_bytes >= 8)
-			memcpy(&in->gen, h.fh.f_handle + 4, 4);
+		set_handle(in, h);
 	}
 	return in;
 }
@@ -246,7 +257,8 @@ int inode_lookup(struct drfs_fs *fs, struct drfs_inode *dir, const char *name,
 		 struct fuse_entry_param *e)
 {
 	struct drfs_inode *in, *fresh = NULL;
-	bool owned;
+	struct handle_buf h;
+	bool owned, have_handle = false;
 	int dirfd, ret = 0;
 
 	if (fs_is_hidden(fs, dir, name))
@@ -264,10 +276,26 @@ int inode_lookup(struct drfs_fs *fs, struct drfs_inode *dir, const char *name,
 		ret = -EXDEV;
 		goto out;
 	}
+	/* Directories keep an fd; everything else is known by its handle. */
+	if (fs->use_handles && !S_ISDIR(e->attr.st_mode)) {
+		int r = handle_of(dirfd, name, &h);
+		if (r && r != -EOPNOTSUPP && r != -EOVERFLOW) {
+			ret = r;
+			goto out;
+		}
+		have_handle = r == 0;
+	}
 	pthread_mutex_lock(&fs->lock);
 	in = e->attr.st_ino == fs->root->ino ? fs->root : table_find(fs, e->attr.st_ino);
-	if (in && (in->type != (e->attr.st_mode & S_IFMT))) {
-		/* The backing inode number was reused for another object. */
+	if (in && in->fd < 0 && have_handle &&
+	    (in->handle_bytes != h.fh.handle_bytes ||
+	     memcmp(in->handle, h.fh.f_handle, h.fh.handle_bytes))) {
+		/* The inode number now names another object: rebind the entry. */
+		set_handle(in, &h);
+		in->type = e->attr.st_mode & S_IFMT;
+	}
+	if (in && (in->type != (e->attr.st_mode & S_IFMT) || (in->fd < 0 && !have_handle))) {
+		/* Reused for an object that needs an fd: retire the old entry. */
 		table_remove(fs, in);
 		in->ino = 0; /* unreachable now; freed at its last forget */
 		in = NULL;
@@ -277,7 +305,7 @@ int inode_lookup(struct drfs_fs *fs, struct drfs_inode *dir, const char *name,
 	pthread_mutex_unlock(&fs->lock);
 
 	if (!in) {
-		fresh = inode_new(fs, dirfd, name, &e->attr);
+		fresh = inode_new(fs, dirfd, name, &e->attr, &h, have_handle);
 		if (!fresh) {
 			ret = -errno;
 			goto out;
@@ -297,8 +325,10 @@ int inode_lookup(struct drfs_fs *fs, struct drfs_inode *dir, const char *name,
 		if (fresh)
 			inode_free(fresh);
 	}
-	e->ino = in == fs->root ? FUSE_ROOT_ID : in->ino;
+	pthread_mutex_lock(&fs->lock);
 	e->generation = in->gen;
+	pthread_mutex_unlock(&fs->lock);
+	e->ino = in == fs->root ? FUSE_ROOT_ID : in->ino;
 	e->attr_timeout = fs->timeout;
 	e->entry_timeout = fs->timeout;
 out:
@@ -329,19 +359,18 @@ void inode_forget(struct drfs_fs *fs, struct drfs_inode *inode, uint64_t n)
 
 int inode_fd(struct drfs_fs *fs, struct drfs_inode *inode, int flags, bool *owned)
 {
-	struct {
-		struct file_handle fh;
-		unsigned char buf[HANDLE_MAX];
-	} h;
-	int fd;
+	struct handle_buf h;
+	int fd = inode->fd;
 
-	if (inode->fd >= 0) {
+	if (fd >= 0) {
 		*owned = false;
-		return inode->fd;
+		return fd;
 	}
+	pthread_mutex_lock(&fs->lock);
 	h.fh.handle_bytes = inode->handle_bytes;
 	h.fh.handle_type = inode->handle_type;
 	memcpy(h.fh.f_handle, inode->handle, inode->handle_bytes);
+	pthread_mutex_unlock(&fs->lock);
 	fd = open_by_handle_at(fs->mount_fd, &h.fh, flags | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
