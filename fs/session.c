@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -24,6 +25,46 @@ static void raise_fd_limit(void)
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+/*
+ * The kernel gives a FUSE mount a small readahead window (128 KiB) and holds
+ * its dirty pages to 1% of the dirty limit.  drfs is a local filesystem in
+ * all but name: give it a 1 MiB window (the size of our requests) and room
+ * for writeback.  Best effort: the mount works without it.
+ */
+static void tune_bdi(const char *mountpoint)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL, devno[32] = "";
+	size_t cap = 0;
+
+	if (!f)
+		return;
+	while (getline(&line, &cap, f) > 0) {
+		char mnt[4096], dev[32];
+		/* id parent major:minor root mountpoint ... */
+		if (sscanf(line, "%*s %*s %31s %*s %4095s", dev, mnt) == 2 && !strcmp(mnt, mountpoint))
+			snprintf(devno, sizeof(devno), "%s", dev);
+	}
+	free(line);
+	fclose(f);
+	if (!*devno)
+		return;
+	static const struct {
+		const char *file, *value;
+	} knobs[] = { { "read_ahead_kb", "1024" }, { "max_ratio", "40" } };
+	for (size_t i = 0; i < ARRAY_SIZE(knobs); i++) {
+		char path[96];
+		int fd;
+
+		snprintf(path, sizeof(path), "/sys/class/bdi/%s/%s", devno, knobs[i].file);
+		fd = open(path, O_WRONLY | O_CLOEXEC);
+		if (fd < 0 || write(fd, knobs[i].value, strlen(knobs[i].value)) < 0)
+			log_debug("cannot set %s: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
 	}
 }
 
@@ -63,24 +104,19 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 		log_error("cannot set up the FUSE session (options: %s)", opts);
 		goto out_args;
 	}
-	if (fuse_set_signal_handlers(fs->se)) {
-		ret = -EIO;
-		goto out_session;
-	}
 	if (fuse_session_mount(fs->se, cfg->mountpoint)) {
 		ret = -EIO;
 		log_error("cannot mount on %s; check that /dev/fuse exists and the fuse module is loaded",
 			  cfg->mountpoint);
-		goto out_signals;
+		goto out_session;
 	}
 	fs->mounted = true;
+	tune_bdi(cfg->mountpoint);
 	fuse_opt_free_args(&args);
 	free(opts);
 	*out = fs;
 	return 0;
 
-out_signals:
-	fuse_remove_signal_handlers(fs->se);
 out_session:
 	fuse_session_destroy(fs->se);
 out_args:
@@ -94,26 +130,105 @@ out_free:
 	return ret;
 }
 
+/*
+ * The request loop.  A fixed pool of workers each read a request from the
+ * session and process it; nothing is created or destroyed per request.
+ * (libfuse's own multi-threaded loop starts and stops a thread for almost
+ * every request when one client issues them one after another.)
+ */
+struct worker_pool {
+	struct drfs_fs *fs;
+	unsigned int running;   /* protected by lock */
+	pthread_mutex_t lock;
+	int err;                /* first error a worker saw; protected by lock */
+};
+
+static void *worker_main(void *arg)
+{
+	struct worker_pool *pool = arg;
+	struct fuse_session *se = pool->fs->se;
+	struct fuse_buf buf = { .mem = NULL };
+	int ret = 0;
+
+	while (!fuse_session_exited(se)) {
+		ret = fuse_session_receive_buf(se, &buf);
+		if (ret == -EINTR || ret == -EAGAIN)
+			continue;
+		if (ret <= 0)
+			break;
+		fuse_session_process_buf(se, &buf);
+	}
+	free(buf.mem);
+	/* -ENODEV: the filesystem was unmounted, the normal way to end. */
+	pthread_mutex_lock(&pool->lock);
+	if (ret < 0 && ret != -ENODEV && !pool->err)
+		pool->err = ret;
+	pool->running--;
+	pthread_mutex_unlock(&pool->lock);
+	fuse_session_exit(se);
+	return NULL;
+}
+
 int fs_serve(struct drfs_fs *fs)
 {
-	struct fuse_loop_config *lc = fuse_loop_cfg_create();
-	int ret;
+	struct worker_pool pool = { .fs = fs };
+	unsigned int n = fs->cfg.max_threads ? fs->cfg.max_threads : 16, started = 0;
+	struct timespec tick = { 0, 200 * 1000 * 1000 };
+	pthread_t *threads = calloc(n, sizeof(*threads));
+	sigset_t stop, old;
+	bool unmounted = false;
 
-	if (!lc)
+	if (!threads)
 		return -ENOMEM;
-	fuse_loop_cfg_set_clone_fd(lc, 0);
-	fuse_loop_cfg_set_idle_threads(lc, 8);
-	fuse_loop_cfg_set_max_threads(lc, fs->cfg.max_threads ? fs->cfg.max_threads : 16);
-	ret = fuse_session_loop_mt(fs->se, lc);
-	fuse_loop_cfg_destroy(lc);
-	return ret < 0 ? ret : 0;
+	pthread_mutex_init(&pool.lock, NULL);
+	/* Workers never see the stop signals; this thread waits for them. */
+	sigemptyset(&stop);
+	sigaddset(&stop, SIGTERM);
+	sigaddset(&stop, SIGINT);
+	sigaddset(&stop, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &stop, &old);
+	for (; started < n; started++) {
+		pthread_mutex_lock(&pool.lock);
+		pool.running++;
+		pthread_mutex_unlock(&pool.lock);
+		if (pthread_create(&threads[started], NULL, worker_main, &pool)) {
+			pthread_mutex_lock(&pool.lock);
+			pool.running--;
+			pthread_mutex_unlock(&pool.lock);
+			break;
+		}
+	}
+	for (;;) {
+		unsigned int running;
+		int sig = sigtimedwait(&stop, NULL, &tick);
+
+		if (sig > 0 && !unmounted) {
+			log_info("signal %d: unmounting %s", sig, fs->cfg.mountpoint);
+			fuse_session_exit(fs->se);
+			fuse_session_unmount(fs->se);
+			fs->mounted = false;
+			unmounted = true;
+		}
+		pthread_mutex_lock(&pool.lock);
+		running = pool.running;
+		pthread_mutex_unlock(&pool.lock);
+		if (running == 0)
+			break;
+	}
+	for (unsigned int i = 0; i < started; i++)
+		pthread_join(threads[i], NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_mutex_destroy(&pool.lock);
+	free(threads);
+	if (started == 0)
+		return -EAGAIN;
+	return pool.err;
 }
 
 void fs_close(struct drfs_fs *fs)
 {
 	if (!fs)
 		return;
-	fuse_remove_signal_handlers(fs->se);
 	if (fs->mounted)
 		fuse_session_unmount(fs->se);
 	fuse_session_destroy(fs->se);

@@ -111,6 +111,16 @@ MOUNTS+=("$T/m"); PIDS+=("$(daemon_pid "$T/b")")
 check "fsname is the given name" grep -q "^somename $T/m fuse.drfs" /proc/mounts
 check_exit "umount source=" 0 "$DRFS" umount "$T/m"
 
+# SIGTERM to the daemon unmounts cleanly.
+check_exit "mount for SIGTERM" 0 "$DRFS" mount "$T/b" "$T/m"
+MOUNTS+=("$T/m"); pid=$(daemon_pid "$T/b"); PIDS+=("$pid")
+kill -TERM "$pid"
+for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+check "daemon exits on SIGTERM" eval "! kill -0 $pid 2>/dev/null"
+check "SIGTERM unmounted" eval "! mountpoint -q $T/m"
+check "SIGTERM removed the record" [ ! -e "$T/b/.drfs/mount" ]
+check "SIGTERM is logged" grep -q "signal 15: unmounting $T/m" "$T/b/.drfs/drfs.log"
+
 # The state directory elsewhere.
 check_exit "mount with state elsewhere" 0 "$DRFS" mount "$T/bs" "$T/m"
 MOUNTS+=("$T/m"); PIDS+=("$(daemon_pid "$T/state")")
