@@ -76,6 +76,11 @@ struct drfs_inode *inode_get(struct drfs_fs *fs, fuse_ino_t ino);
  */
 int inode_lookup(struct drfs_fs *fs, struct drfs_inode *dir, const char *name,
 		 struct fuse_entry_param *e);
+/*
+ * The entry for node id INO itself (the kernel's lookup of "." when it
+ * decodes an exported file handle), found even when it is not cached.
+ */
+int inode_lookup_self(struct drfs_fs *fs, fuse_ino_t ino, struct fuse_entry_param *e);
 void inode_forget(struct drfs_fs *fs, struct drfs_inode *inode, uint64_t n);
 /*
  * An fd that reaches INODE: the cached O_PATH fd (borrowed: *OWNED false) or

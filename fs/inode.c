@@ -204,13 +204,13 @@ struct handle_buf {
 	unsigned char buf[HANDLE_MAX];
 };
 
-/* The backing file handle of NAME in DIRFD; 0 or -errno. */
+/* The backing file handle of NAME in DIRFD (of DIRFD itself when NAME is ""); 0 or -errno. */
 static int handle_of(int dirfd, const char *name, struct handle_buf *h)
 {
 	int mount_id;
 
 	h->fh.handle_bytes = HANDLE_MAX;
-	if (name_to_handle_at(dirfd, name, &h->fh, &mount_id, 0) < 0)
+	if (name_to_handle_at(dirfd, name, &h->fh, &mount_id, *name ? 0 : AT_EMPTY_PATH) < 0)
 		return -errno;
 	return h->fh.handle_bytes <= INODE_HANDLE_MAX ? 0 : -EOVERFLOW;
 }
@@ -227,7 +227,8 @@ static void set_handle(struct drfs_inode *in, const struct handle_buf *h)
 }
 
 /*
- * Builds a new inode for NAME in directory fd DIRFD with attributes ST; H is
+ * Builds a new inode for NAME in directory fd DIRFD (DIRFD itself when NAME is
+ * "") with attributes ST; H is
  * its handle when HAVE_HANDLE.  Returns NULL on failure with errno set.
  */
 static struct drfs_inode *inode_new(struct drfs_fs *fs, int dirfd, const char *name,
@@ -242,7 +243,8 @@ static struct drfs_inode *inode_new(struct drfs_fs *fs, int dirfd, const char *n
 	in->type = st->st_mode & S_IFMT;
 	in->fd = -1;
 	if (S_ISDIR(st->st_mode) || !have_handle) {
-		in->fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		in->fd = *name ? openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
+			       : fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
 		if (in->fd < 0) {
 			free(in);
 			return NULL;
@@ -253,36 +255,24 @@ static struct drfs_inode *inode_new(struct drfs_fs *fs, int dirfd, const char *n
 	return in;
 }
 
-int inode_lookup(struct drfs_fs *fs, struct drfs_inode *dir, const char *name,
-		 struct fuse_entry_param *e)
+/*
+ * Finds or makes the table entry for the object NAME in FD (FD itself when
+ * NAME is "") whose attributes are in E->attr, adds a lookup reference and
+ * completes E.  Returns 0 or -errno.
+ */
+static int inode_bind(struct drfs_fs *fs, int fd, const char *name, struct fuse_entry_param *e)
 {
 	struct drfs_inode *in, *fresh = NULL;
 	struct handle_buf h;
-	bool owned, have_handle = false;
-	int dirfd, ret = 0;
+	bool have_handle = false;
 
-	if (fs_is_hidden(fs, dir, name))
-		return -ENOENT;
-	dirfd = inode_fd(fs, dir, O_PATH, &owned);
-	if (dirfd < 0)
-		return dirfd;
-	memset(e, 0, sizeof(*e));
-	if (fstatat(dirfd, name, &e->attr, AT_SYMLINK_NOFOLLOW) < 0) {
-		ret = -errno;
-		goto out;
-	}
-	if (e->attr.st_dev != fs->backing_dev) {
-		/* Another filesystem mounted inside the backing tree: not ours. */
-		ret = -EXDEV;
-		goto out;
-	}
+	if (e->attr.st_dev != fs->backing_dev)
+		return -EXDEV; /* another filesystem mounted inside the backing tree */
 	/* Directories keep an fd; everything else is known by its handle. */
 	if (fs->use_handles && !S_ISDIR(e->attr.st_mode)) {
-		int r = handle_of(dirfd, name, &h);
-		if (r && r != -EOPNOTSUPP && r != -EOVERFLOW) {
-			ret = r;
-			goto out;
-		}
+		int r = handle_of(fd, name, &h);
+		if (r && r != -EOPNOTSUPP && r != -EOVERFLOW)
+			return r;
 		have_handle = r == 0;
 	}
 	pthread_mutex_lock(&fs->lock);
@@ -305,11 +295,9 @@ int inode_lookup(struct drfs_fs *fs, struct drfs_inode *dir, const char *name,
 	pthread_mutex_unlock(&fs->lock);
 
 	if (!in) {
-		fresh = inode_new(fs, dirfd, name, &e->attr, &h, have_handle);
-		if (!fresh) {
-			ret = -errno;
-			goto out;
-		}
+		fresh = inode_new(fs, fd, name, &e->attr, &h, have_handle);
+		if (!fresh)
+			return -errno;
 		pthread_mutex_lock(&fs->lock);
 		in = table_find(fs, e->attr.st_ino);
 		if (in) {
@@ -331,9 +319,71 @@ int inode_lookup(struct drfs_fs *fs, struct drfs_inode *dir, const char *name,
 	e->ino = in == fs->root ? FUSE_ROOT_ID : in->ino;
 	e->attr_timeout = fs->timeout;
 	e->entry_timeout = fs->timeout;
-out:
+	return 0;
+}
+
+int inode_lookup(struct drfs_fs *fs, struct drfs_inode *dir, const char *name,
+		 struct fuse_entry_param *e)
+{
+	bool owned;
+	int dirfd, ret;
+
+	if (fs_is_hidden(fs, dir, name))
+		return -ENOENT;
+	/* ".." of the root stays inside the backing tree. */
+	if (dir == fs->root && !strcmp(name, ".."))
+		name = ".";
+	dirfd = inode_fd(fs, dir, O_PATH, &owned);
+	if (dirfd < 0)
+		return dirfd;
+	memset(e, 0, sizeof(*e));
+	if (fstatat(dirfd, name, &e->attr, AT_SYMLINK_NOFOLLOW) < 0)
+		ret = -errno;
+	else
+		ret = inode_bind(fs, dirfd, name, e);
 	if (owned)
 		close(dirfd);
+	return ret;
+}
+
+int inode_lookup_self(struct drfs_fs *fs, fuse_ino_t ino, struct fuse_entry_param *e)
+{
+	struct drfs_inode *in = inode_get(fs, ino);
+	struct handle_buf h;
+	bool owned = true;
+	uint32_t ino32 = (uint32_t)ino, zero = 0;
+	int fd, ret;
+
+	if (in) {
+		fd = inode_fd(fs, in, O_PATH, &owned);
+	} else {
+		/*
+		 * Not cached (forgotten, or a handle from before a remount): the
+		 * backing filesystem finds the inode by number when its handles are
+		 * {32-bit inode, generation}; generation 0 skips its check, and the
+		 * kernel compares the generation we return with the handle's.
+		 */
+		if (!fs->use_handles || ino > UINT32_MAX)
+			return -ESTALE;
+		h.fh.handle_type = FILEID_INO32_GEN;
+		h.fh.handle_bytes = 8;
+		memcpy(h.fh.f_handle, &ino32, 4);
+		memcpy(h.fh.f_handle + 4, &zero, 4);
+		fd = open_by_handle_at(fs->mount_fd, &h.fh, O_PATH | O_CLOEXEC);
+		if (fd < 0)
+			return -ESTALE;
+	}
+	if (fd < 0)
+		return fd;
+	memset(e, 0, sizeof(*e));
+	if (fstatat(fd, "", &e->attr, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+		ret = -errno;
+	else if (e->attr.st_ino != ino && ino != FUSE_ROOT_ID)
+		ret = -ESTALE;
+	else
+		ret = inode_bind(fs, fd, "", e);
+	if (owned)
+		close(fd);
 	return ret;
 }
 
