@@ -2,7 +2,8 @@
 # Installs the Debian packages drfs needs to build, test and run, when missing.
 set -e
 pkgs="build-essential pkg-config libfuse3-dev fuse3 liburing-dev libzstd-dev
-      libcurl4-openssl-dev libssl-dev libcmocka-dev acl attr fio"
+      libcurl4-openssl-dev libssl-dev libcmocka-dev acl attr fio postgresql-15
+      util-linux python3"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -41,6 +41,11 @@ check() {
 	local what=$1; shift
 	if "$@"; then pass; else fail "$what (command: $*)"; fi
 }
+# require DESCRIPTION COMMAND...: like check, but the test stops at a failure.
+require() {
+	check "$@"
+	[ "$FAILS" -eq 0 ] || { say "stopping: the rest depends on this"; exit 1; }
+}
 # check_eq DESCRIPTION EXPECTED ACTUAL
 check_eq() {
 	if [ "$2" = "$3" ]; then pass; else fail "$1: expected '$2', got '$3'"; fi
