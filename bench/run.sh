@@ -78,7 +78,8 @@ for rep in $(seq 1 "$reps"); do
 		run_fio seqwrite "$target" bw --rw=write --bs=1M --size="$seq_size" --end_fsync=1 --ioengine=psync --filename=seqfile
 		drop
 		run_fio seqread-cold "$target" bw --rw=read --bs=1M --size="$seq_size" --ioengine=psync --filename=seqfile
-		run_fio seqread-cached "$target" bw --rw=read --bs=1M --size="$seq_size" --ioengine=psync --filename=seqfile
+		# invalidate=0: fio would otherwise drop the file's pages first.
+		run_fio seqread-cached "$target" bw --rw=read --bs=1M --size="$seq_size" --ioengine=psync --invalidate=0 --filename=seqfile
 		rm -f "$target/seqfile"
 		run_fio randfile-prep "$target" bw --rw=write --bs=1M --size=1G --end_fsync=1 --filename=randfile
 		drop
@@ -95,7 +96,8 @@ for rep in $(seq 1 "$reps"); do
 		rm -rf "$target/meta"
 		drop
 		start=$(date +%s.%N)
-		mkdir -p "$target/tar" && tar -xf "$tarball" -C "$target/tar" && sync -f "$target/tar"
+		mkdir -p "$target/tar" && tar -xf "$tarball" -C "$target/tar" && sync -f "$target/tar" ||
+			{ echo "bench: tar -x on $side failed" >&2; exit 1; }
 		end=$(date +%s.%N)
 		echo "tar-x $side $(python3 -c "print('%.1f' % ($tar_mb / ($end - $start)))")" >>"$results"
 		rm -rf "$target/tar"

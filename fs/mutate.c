@@ -137,10 +137,15 @@ static int do_make(struct mutation *m, int dirfd)
 	return ret;
 }
 
+/*
+ * Applies a setattr through the open file M->fd when there is one (it reaches
+ * the file even after its last name is gone), else through PATHFD, an O_PATH
+ * fd of the object.
+ */
 static int do_setattr(struct mutation *m, int pathfd)
 {
 	char path[32];
-	int valid = m->valid;
+	int valid = m->valid, fd = m->fd >= 0 ? m->fd : pathfd;
 
 	proc_fd_path(path, pathfd);
 	if (valid & FUSE_SET_ATTR_MODE) {
@@ -152,7 +157,7 @@ static int do_setattr(struct mutation *m, int pathfd)
 		uid_t uid = (valid & FUSE_SET_ATTR_UID) ? m->attr.st_uid : (uid_t)-1;
 		gid_t gid = (valid & FUSE_SET_ATTR_GID) ? m->attr.st_gid : (gid_t)-1;
 
-		if (fchownat(pathfd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+		if (fchownat(fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
 			return -errno;
 	}
 	if (valid & FUSE_SET_ATTR_SIZE) {
@@ -171,7 +176,7 @@ static int do_setattr(struct mutation *m, int pathfd)
 			tv[1].tv_nsec = UTIME_NOW;
 		else if (valid & FUSE_SET_ATTR_MTIME)
 			tv[1] = m->attr.st_mtim;
-		if (utimensat(pathfd, "", tv, AT_EMPTY_PATH) < 0)
+		if (utimensat(fd, "", tv, AT_EMPTY_PATH) < 0)
 			return -errno;
 	}
 	return 0;
@@ -203,6 +208,9 @@ ssize_t fs_mutate(struct drfs_fs *fs, struct mutation *m)
 		ret = copy_file_range(m->src_fd, &in, m->fd, &out, m->size, 0);
 		return ret < 0 ? -errno : ret;
 	}
+
+	if (m->type == MUT_SETATTR && m->fd >= 0)
+		return do_setattr(m, -1);
 
 	fd = inode_fd(fs, pathnode, O_PATH, &owned);
 	if (fd < 0)

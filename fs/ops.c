@@ -135,6 +135,9 @@ static void drfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
 		reply_attr(req, in, fi);
 }
 
+#define TIME_BITS (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW | \
+		   FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)
+
 static void drfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int valid,
 			 struct fuse_file_info *fi)
 {
@@ -148,6 +151,19 @@ static void drfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 		m.fd = (int)fi->fh;
 	m.attr = *attr;
 	ret = fs_mutate(fs_of(req), &m);
+	if (ret == -ESTALE && !(valid & ~TIME_BITS)) {
+		/*
+		 * The kernel writes back the times of a file whose last name
+		 * was just removed; the object is gone and no one can see its
+		 * times.  Report them as set rather than fail the writeback.
+		 */
+		struct stat st = { .st_ino = in->ino, .st_mode = in->type, .st_nlink = 0 };
+		st.st_atim = attr->st_atim;
+		st.st_mtim = attr->st_mtim;
+		st.st_ctim = attr->st_ctim;
+		fuse_reply_attr(req, &st, 0);
+		return;
+	}
 	if (ret)
 		fuse_reply_err(req, (int)-ret);
 	else

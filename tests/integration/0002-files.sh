@@ -78,6 +78,21 @@ check_eq "readdir inode numbers" "$(ls -i "$B/a" | sort)" "$(ls -i "$M/a" | sort
 rm -r "$M/a/b"
 check "recursive removal" [ ! -e "$B/a/b" ]
 
+# Removing files right after writing them, then syncfs: the kernel writes back
+# the removed files' times, which must not turn into errors.
+mkdir "$M/churn"
+for i in $(seq 1 200); do echo "$i" >"$M/churn/$i"; done
+rm -rf "$M/churn"
+check "syncfs after removing freshly written files" sync -f "$M"
+# An open file whose name is gone keeps working: write, fstat, futimens, ftruncate.
+exec 7<>"$M/orphan"
+rm "$M/orphan"
+echo data >&7
+check "futimens on an open unlinked file" touch -d 2001-01-01 /proc/self/fd/7
+check_eq "fstat of an open unlinked file" 0 "$(stat -L -c %h /proc/self/fd/7)"
+check "ftruncate on an open unlinked file" truncate -s 1 /proc/self/fd/7
+exec 7>&-
+
 # statfs agrees with the backing filesystem
 check_eq "statfs block size and total" "$(stat -f -c '%S %b' "$B")" "$(stat -f -c '%S %b' "$M")"
 
