@@ -179,6 +179,16 @@ static int do_setattr(struct mutation *m, int pathfd)
 		if (utimensat(fd, "", tv, AT_EMPTY_PATH) < 0)
 			return -errno;
 	}
+	if (!(valid & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID |
+		       FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME))) {
+		/*
+		 * Only ctime (or nothing) to change: what chown(f, -1, -1) asks
+		 * for.  A no-op chown sets the backing ctime to now, as natively;
+		 * otherwise the kernel's cached ctime would later go backwards.
+		 */
+		if (fchownat(fd, "", (uid_t)-1, (gid_t)-1, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+			return -errno;
+	}
 	return 0;
 }
 

@@ -300,7 +300,8 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 
 	cfg.backing = b.path;
 	cfg.mountpoint = mnt;
-	cfg.fsname = source;
+	/* The source shown in /proc/mounts: the name given with -o source=, else the absolute backing path. */
+	cfg.fsname = o->source ? source : b.path;
 	cfg.kernel_opts = o->kernel;
 	cfg.debug = o->debug;
 	cfg.max_threads = o->max_threads;

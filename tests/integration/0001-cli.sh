@@ -72,6 +72,7 @@ check_exit "mount" 0 "$DRFS" mount "$T/b" "$T/m"
 MOUNTS+=("$T/m"); PIDS+=("$(daemon_pid "$T/b")")
 check "mounted" mountpoint -q "$T/m"
 check "mount record names the mountpoint" grep -q "^mountpoint=$T/m$" "$T/b/.drfs/mount"
+check "the source shown is the absolute backing path" grep -q "^$T/b $T/m fuse.drfs" /proc/mounts
 check_exit "mount on a mounted mountpoint" 1 "$DRFS" mount "$T/data" "$T/m"
 check_err "already mounted message" "already a mount point"
 check_exit "second mount of the same backing" 1 "$DRFS" mount "$T/b" "$T/m2"
@@ -84,7 +85,7 @@ check_exit "status --json" 0 "$DRFS" status "$T/b" --json
 check "status json parses and says mounted" python3 -c "import json,sys; d=json.load(open('$T/last.out')); sys.exit(0 if d['mounted'] and d['mountpoint']=='$T/m' else 1)"
 
 # A busy mount refuses to unmount and stays whole.
-(cd "$T/m" && sleep 30) & busy=$!
+(cd "$T/m" && exec sleep 30) & busy=$!
 sleep 0.3
 check_exit "umount busy" 1 "$DRFS" umount "$T/m"
 check_err "busy message" "is busy"

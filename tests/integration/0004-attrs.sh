@@ -37,6 +37,12 @@ check_eq "symlink mtime" 6 "$(stat -c %Y sl)"
 check "target mtime untouched" [ "$(stat -c %Y f)" != 6 ]
 ctime1=$(stat -c %.9Z f); sleep 0.05; chmod 600 f
 check "chmod updates ctime" [ "$(stat -c %.9Z f)" != "$ctime1" ]
+for o in f d sl; do
+	c1=$(stat -c %.9Z "$o"); sleep 0.05; chown -h -1:-1 "$o" 2>/dev/null || python3 -c "import os; os.chown('$o', -1, -1, follow_symlinks=False)"
+	c2=$(stat -c %.9Z "$o")
+	check "chown(-1,-1) updates ctime of $o" [ "$c2" != "$c1" ]
+	check_eq "the backing ctime moved too ($o)" "$c2" "$(stat -c %.9Z "$B/$o")"
+done
 
 # xattrs
 setfattr -n user.color -v blue f
