@@ -19,6 +19,7 @@
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -60,6 +61,7 @@ struct mount_opts {
 	unsigned int max_threads;
 	bool debug;
 	bool foreground;
+	bool remount;        /* -o remount: change the flags of a mounted drfs */
 };
 
 /* Options handed to the kernel mount as they are. */
@@ -99,6 +101,11 @@ static int parse_opts(const char *arg, struct mount_opts *o)
 			continue;
 		} else if (!strncmp(key, "x-", 2) || !strcmp(key, "comment")) {
 			continue;
+		} else if (value && (!strcmp(key, "user_id") || !strcmp(key, "group_id") ||
+				     !strcmp(key, "rootmode") || !strcmp(key, "fd") ||
+				     !strcmp(key, "blksize") || !strcmp(key, "max_read"))) {
+			/* What the kernel shows for a FUSE mount; mount(8) repeats it on remount. */
+			continue;
 		} else if (!strcmp(key, "source") && value && *value) {
 			free(o->source);
 			o->source = strdup(value);
@@ -111,6 +118,8 @@ static int parse_opts(const char *arg, struct mount_opts *o)
 				break;
 			}
 			o->max_threads = (unsigned int)n;
+		} else if (!strcmp(key, "remount") && !value) {
+			o->remount = true;
 		} else if (!strcmp(key, "debug") && !value) {
 			o->debug = o->foreground = true;
 		} else if (!strcmp(key, "replica") || !strcmp(key, "snapshot_interval")) {
@@ -125,6 +134,73 @@ static int parse_opts(const char *arg, struct mount_opts *o)
 		}
 	}
 	free(buf);
+	return ret;
+}
+
+/*
+ * mount -o remount,...: the daemon is untouched; only the kernel mount's flags
+ * change.  The current flags are the starting point, the options given change
+ * them in order, as mount(8) does for other filesystems.
+ */
+static int do_remount(const char *mnt_arg, const char *opts)
+{
+	static const struct {
+		const char *name;
+		unsigned long flag;
+		bool set;
+	} flags[] = {
+		{ "ro", MS_RDONLY, true },         { "rw", MS_RDONLY, false },
+		{ "nosuid", MS_NOSUID, true },     { "suid", MS_NOSUID, false },
+		{ "nodev", MS_NODEV, true },       { "dev", MS_NODEV, false },
+		{ "noexec", MS_NOEXEC, true },     { "exec", MS_NOEXEC, false },
+		{ "noatime", MS_NOATIME, true },   { "atime", MS_NOATIME, false },
+		{ "nodiratime", MS_NODIRATIME, true }, { "diratime", MS_NODIRATIME, false },
+		{ "relatime", MS_RELATIME, true }, { "norelatime", MS_RELATIME, false },
+		{ "strictatime", MS_STRICTATIME, true }, { "nostrictatime", MS_STRICTATIME, false },
+		{ "sync", MS_SYNCHRONOUS, true },  { "async", MS_SYNCHRONOUS, false },
+		{ "dirsync", MS_DIRSYNC, true },   { "lazytime", MS_LAZYTIME, true },
+		{ "nolazytime", MS_LAZYTIME, false },
+	};
+	static const struct {
+		unsigned long st, ms;
+	} current[] = {
+		{ ST_RDONLY, MS_RDONLY },   { ST_NOSUID, MS_NOSUID },     { ST_NODEV, MS_NODEV },
+		{ ST_NOEXEC, MS_NOEXEC },   { ST_NOATIME, MS_NOATIME },   { ST_NODIRATIME, MS_NODIRATIME },
+		{ ST_RELATIME, MS_RELATIME }, { ST_SYNCHRONOUS, MS_SYNCHRONOUS },
+	};
+	char *mnt = path_absolute(mnt_arg), *fstype = NULL, *buf, *key, *value;
+	const char *cur = opts;
+	unsigned long ms = MS_REMOUNT;
+	struct statvfs sv;
+	int ret = EXIT_FAIL;
+
+	buf = malloc(strlen(opts) + 1);
+	if (!mnt || !buf)
+		goto out;
+	if (!is_mount_point(mnt, &fstype) || !fstype || strcmp(fstype, "fuse.drfs")) {
+		say_error("cannot remount %s: it is not a mounted drfs", mnt);
+		goto out;
+	}
+	if (statvfs(mnt, &sv) < 0) {
+		say_error("cannot remount %s: %s", mnt, strerror(errno));
+		goto out;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(current); i++)
+		if (sv.f_flag & current[i].st)
+			ms |= current[i].ms;
+	while (opt_next(&cur, buf, &key, &value))
+		for (size_t i = 0; i < ARRAY_SIZE(flags); i++)
+			if (!strcmp(key, flags[i].name))
+				ms = flags[i].set ? ms | flags[i].flag : ms & ~flags[i].flag;
+	if (mount(NULL, mnt, NULL, ms, NULL) < 0) {
+		say_error("cannot remount %s: %s", mnt, strerror(errno));
+		goto out;
+	}
+	ret = EXIT_OK;
+out:
+	free(buf);
+	free(fstype);
+	free(mnt);
 	return ret;
 }
 
@@ -247,6 +323,8 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	char *mnt = NULL, *lock_path = NULL, *log_path = NULL, *fstype = NULL;
 	int ret, lock_fd = -1, notify_fd = -1, fd;
 
+	if (o->remount)
+		return do_remount(mnt_arg, o->kernel);
 	ret = backing_load(o->source ? o->source : source, &b);
 	if (ret)
 		return ret;
@@ -286,6 +364,18 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	if (lock_fd < 0) {
 		say_error("cannot open %s: %s; check the state directory", lock_path, strerror(errno));
 		goto out;
+	}
+	/*
+	 * A daemon whose filesystem was just unmounted still holds the lock
+	 * while it finishes; a mount right after an umount waits for it.
+	 */
+	for (int i = 0; i < 200 && flock(lock_fd, LOCK_EX | LOCK_NB) < 0; i++) {
+		bool finishing = mount_record_read(b.state_dir, &rec) == 0 && rec.mountpoint &&
+				 !is_mount_point(rec.mountpoint, NULL);
+		mount_record_release(&rec);
+		if (!finishing)
+			break;
+		usleep(50000);
 	}
 	if (flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
 		if (mount_record_read(b.state_dir, &rec) == 0 && rec.mountpoint) {
@@ -431,7 +521,17 @@ int cmd_mount_helper(int argc, char **argv)
 	 * root; the FUSE defaults are the opposite, so restore mount(8)'s.  A
 	 * "nodev" or "nosuid" in the options still wins: later options override.
 	 */
-	if (helper && getuid() == 0)
+	bool remount = false;
+	for (int i = 1; i + 1 < argc; i++) {
+		if (strcmp(argv[i], "-o"))
+			continue;
+		char *buf = malloc(strlen(argv[i + 1]) + 1), *key, *value;
+		const char *cur = argv[i + 1];
+		while (buf && opt_next(&cur, buf, &key, &value))
+			remount |= !strcmp(key, "remount");
+		free(buf);
+	}
+	if (helper && getuid() == 0 && !remount)
 		ret = parse_opts("dev,suid", &o);
 
 	for (int i = 1; i < argc && !ret; i++) {

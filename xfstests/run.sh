@@ -97,6 +97,7 @@ unmount_backing() {
 	   [ -f "$WORK/backing.img" ]; then
 		umount "$WORK/backing" 2>/dev/null || umount -l "$WORK/backing"
 	fi
+	rm -f "$WORK/backing.img"
 }
 cleanup() {
 	unmount_ours
@@ -156,6 +157,8 @@ commit=$(git -C "$here/.." rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 # xfstests' FSTYP=fuse expects the kernel type "fuse"; drfs mounts as fuse.drfs.
 # shim/df and shim/findmnt report fuse.drfs as fuse (see shim/).
+# per-test results of earlier runs would mix with this run's
+rm -rf "$XFSTESTS_DIR"/results/*/
 (cd "$XFSTESTS_DIR" && PATH="$here/shim:$PATH" ./check -E "$here/expected-failures" "$@") 2>&1 |
 	tee -a "$log"
 rc=${PIPESTATUS[0]}

@@ -53,7 +53,17 @@ PIDS+=("$(daemon_pid "$B")")
 check "mounted by mount(8) with allow_other" grep -q " $M fuse.drfs .*allow_other" /proc/mounts
 check "mount(8) mount is dev,suid by default for root" eval "! grep ' $M ' /proc/mounts | grep -q nosuid"
 check_eq "data through the mount(8) mount" data "$(cat "$M/d/e/f")"
+check "mount -o remount,ro" mount -o remount,ro "$M"
+check "remounted read-only" eval "grep ' $M ' /proc/mounts | grep -q ' ro,'"
+check "writes refused read-only" eval "! touch $M/ro-test 2>/dev/null"
+check "mount -o remount,rw" mount -o remount,rw "$M"
+check "writable again" touch "$M/rw-test"
+check_eq "daemon unchanged by remounts" "$(daemon_pid "$B")" "${PIDS[-1]}"
 check "umount(8)" umount "$M"
+# A mount right after the unmount waits for the old daemon to let go.
+check "mount again at once" "$DRFS" mount "$B" "$M"
+PIDS+=("$(daemon_pid "$B")")
+check "umount again" "$DRFS" umount "$M"
 for i in $(seq 1 100); do [ -e "$B/.drfs/mount" ] || break; sleep 0.05; done
 echo "$B $M fuse.drfs allow_other,noatime,nofail,x-systemd.automount 0 0" >"$T/fstab"
 check "mount from an fstab line" mount -T "$T/fstab" "$M"
