@@ -614,14 +614,48 @@ static void drfs_statfs(fuse_req_t req, fuse_ino_t ino)
 		fuse_reply_statfs(req, &sv);
 }
 
+/* Whether the caller of REQ belongs to group GID (primary or supplementary). */
+static bool caller_in_group(fuse_req_t req, gid_t gid)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	gid_t groups[256];
+	int n;
+
+	if (ctx->gid == gid)
+		return true;
+	n = fuse_req_getgroups(req, ARRAY_SIZE(groups), groups);
+	for (int i = 0; i < n && i < (int)ARRAY_SIZE(groups); i++)
+		if (groups[i] == gid)
+			return true;
+	return false;
+}
+
 static void drfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
 			  const char *value, size_t size, int flags)
 {
 	struct mutation m = { .type = MUT_SETXATTR, .xname = name, .data = value,
 			      .size = size, .flags = flags };
+	struct stat st;
+	ssize_t ret;
 
-	if ((m.node = node_or_reply(req, ino)))
-		fuse_reply_err(req, (int)-fs_mutate(fs_of(req), &m));
+	if (!(m.node = node_or_reply(req, ino)))
+		return;
+	ret = fs_mutate(fs_of(req), &m);
+	/*
+	 * Setting an access ACL rewrites the mode; like chmod, it clears the
+	 * setgid bit when the caller is neither in the file's group nor
+	 * privileged.  The daemon (root) set the ACL, so the backing filesystem
+	 * kept the bit: clear it here.
+	 */
+	if (!ret && !strcmp(name, "system.posix_acl_access") && fuse_req_ctx(req)->uid != 0 &&
+	    inode_stat(fs_of(req), m.node, &st) == 0 && (st.st_mode & S_ISGID) &&
+	    !caller_in_group(req, st.st_gid)) {
+		struct mutation c = { .type = MUT_SETATTR, .node = m.node, .fd = -1,
+				      .valid = FUSE_SET_ATTR_MODE };
+		c.attr.st_mode = st.st_mode & ~S_ISGID;
+		ret = fs_mutate(fs_of(req), &c);
+	}
+	fuse_reply_err(req, (int)-ret);
 }
 
 static void drfs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)

@@ -51,6 +51,16 @@ echo s >"$M/secret"; chmod 600 "$M/secret"
 check "no access before the ACL" eval "! as 1000:1000 cat $M/secret >/dev/null 2>&1"
 setfacl -m u:1000:r "$M/secret"
 check "ACL grants read" as 1000:1000 cat "$M/secret"
+# setting an ACL rewrites the mode: setgid is cleared for a non-member, kept for a member
+for who in member nonmember; do
+	mkdir -p "$M/aclsg"; chmod 777 "$M/aclsg"
+	touch "$M/aclsg/$who"; chown 1000:4242 "$M/aclsg/$who"; chmod 2755 "$M/aclsg/$who"
+	if [ $who = member ]; then g=4242; else g=1000; fi
+	setpriv --reuid=1000 --regid=$g --clear-groups -- setfacl -m u::rwx,g::rwx,o::rwx "$M/aclsg/$who"
+done
+check "setfacl by a group member keeps setgid" [ -g "$M/aclsg/member" ]
+check "setfacl by a non-member clears setgid" [ ! -g "$M/aclsg/nonmember" ]
+check "setgid cleared in the backing too" [ ! -g "$B/aclsg/nonmember" ]
 # a user's chmod/chown obey the rules
 as 1000:1000 touch "$M/pub/own"
 check "owner may chmod" as 1000:1000 chmod 600 "$M/pub/own"
