@@ -135,6 +135,22 @@ static void drfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
 		reply_attr(req, in, fi);
 }
 
+/* Whether the caller of REQ belongs to group GID (primary or supplementary). */
+static bool caller_in_group(fuse_req_t req, gid_t gid)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	gid_t groups[256];
+	int n;
+
+	if (ctx->gid == gid)
+		return true;
+	n = fuse_req_getgroups(req, ARRAY_SIZE(groups), groups);
+	for (int i = 0; i < n && i < (int)ARRAY_SIZE(groups); i++)
+		if (groups[i] == gid)
+			return true;
+	return false;
+}
+
 #define TIME_BITS (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW | \
 		   FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)
 
@@ -150,6 +166,23 @@ static void drfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 	if (fi && !S_ISDIR(in->type))
 		m.fd = (int)fi->fh;
 	m.attr = *attr;
+	/*
+	 * A mode change by an unprivileged caller outside the file's group
+	 * never leaves setgid set (chmod strips it natively).  This is also how
+	 * a write, truncate or fallocate by such a caller clears setgid: the
+	 * kernel sends the mode with setuid removed but, for files without
+	 * group execute, keeps setgid, an older rule than the VFS applies.
+	 */
+	if ((valid & FUSE_SET_ATTR_MODE) && (attr->st_mode & S_ISGID) &&
+	    fuse_req_ctx(req)->uid != 0) {
+		struct stat cur;
+		gid_t gid = (valid & FUSE_SET_ATTR_GID) ? attr->st_gid : (gid_t)-1;
+
+		if (gid == (gid_t)-1 && inode_stat(fs_of(req), in, &cur) == 0)
+			gid = cur.st_gid;
+		if (gid != (gid_t)-1 && !caller_in_group(req, gid))
+			m.attr.st_mode &= ~S_ISGID;
+	}
 	ret = fs_mutate(fs_of(req), &m);
 	if (ret == -ESTALE && !(valid & ~TIME_BITS)) {
 		/*
@@ -612,22 +645,6 @@ static void drfs_statfs(fuse_req_t req, fuse_ino_t ino)
 		fuse_reply_err(req, errno);
 	else
 		fuse_reply_statfs(req, &sv);
-}
-
-/* Whether the caller of REQ belongs to group GID (primary or supplementary). */
-static bool caller_in_group(fuse_req_t req, gid_t gid)
-{
-	const struct fuse_ctx *ctx = fuse_req_ctx(req);
-	gid_t groups[256];
-	int n;
-
-	if (ctx->gid == gid)
-		return true;
-	n = fuse_req_getgroups(req, ARRAY_SIZE(groups), groups);
-	for (int i = 0; i < n && i < (int)ARRAY_SIZE(groups); i++)
-		if (groups[i] == gid)
-			return true;
-	return false;
 }
 
 static void drfs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,

@@ -148,17 +148,17 @@ log="$WORK/check-$stamp.log"
 commit=$(git -C "$here/.." rev-parse --short HEAD 2>/dev/null || echo unknown)
 {
 	echo "# drfs xfstests run $stamp"
-	echo "# drfs commit $commit; $("$DRFS" version 2>/dev/null | head -1)"
+	echo "# drfs commit $commit (HEAD); $("$DRFS" version 2>/dev/null | head -1), installed $(stat -c %y "$DRFS" | cut -d. -f1)"
 	echo "# xfstests $(git -C "$XFSTESTS_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 	echo "# ./check -E expected-failures $*"
 	echo "# backing: ${BACKING_FS/none/plain directories} in $WORK/backing"
 	[ "${DRFS_XFS_UMOUNT_WAIT:-1}" = 1 ] && echo "# DRFS_XFS_UMOUNT_WAIT=1: umount waits for the daemon"
 } > "$log"
 
-# xfstests' FSTYP=fuse expects the kernel type "fuse"; drfs mounts as fuse.drfs.
-# shim/df and shim/findmnt report fuse.drfs as fuse (see shim/).
 # per-test results of earlier runs would mix with this run's
 rm -rf "$XFSTESTS_DIR"/results/*/
+# xfstests' FSTYP=fuse expects the kernel type "fuse"; drfs mounts as fuse.drfs.
+# shim/df and shim/findmnt report fuse.drfs as fuse (see shim/).
 (cd "$XFSTESTS_DIR" && PATH="$here/shim:$PATH" ./check -E "$here/expected-failures" "$@") 2>&1 |
 	tee -a "$log"
 rc=${PIPESTATUS[0]}

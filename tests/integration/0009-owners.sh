@@ -61,6 +61,21 @@ done
 check "setfacl by a group member keeps setgid" [ -g "$M/aclsg/member" ]
 check "setfacl by a non-member clears setgid" [ ! -g "$M/aclsg/nonmember" ]
 check "setgid cleared in the backing too" [ ! -g "$B/aclsg/nonmember" ]
+# write, truncate and fallocate by an unprivileged non-member clear setuid and setgid
+mkdir -p "$M/kill"; chmod 777 "$M/kill"
+for op in write truncate fallocate; do
+	for mode in 6666 6676 2676; do
+		f="$M/kill/$op-$mode"; : >"$f"; chmod $mode "$f"
+		case $op in
+		write) as 1000:1000 sh -c "echo x >>$f" ;;
+		truncate) as 1000:1000 truncate -s 100 "$f" ;;
+		fallocate) as 1000:1000 fallocate -l 4096 "$f" ;;
+		esac
+		check_eq "$op by a non-member clears set-id bits of $mode" "${mode#?}" "$(stat -c %a "$f")"
+	done
+	f="$M/kill/$op-root"; : >"$f"; chmod 6666 "$f"; echo x >>"$f"
+	check_eq "root keeps set-id bits on write" 6666 "$(stat -c %a "$f")"
+done
 # a user's chmod/chown obey the rules
 as 1000:1000 touch "$M/pub/own"
 check "owner may chmod" as 1000:1000 chmod 600 "$M/pub/own"
