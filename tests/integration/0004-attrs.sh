@@ -38,10 +38,12 @@ check "target mtime untouched" [ "$(stat -c %Y f)" != 6 ]
 ctime1=$(stat -c %.9Z f); sleep 0.05; chmod 600 f
 check "chmod updates ctime" [ "$(stat -c %.9Z f)" != "$ctime1" ]
 for o in f d sl; do
-	c1=$(stat -c %.9Z "$o"); sleep 0.05; chown -h -1:-1 "$o" 2>/dev/null || python3 -c "import os; os.chown('$o', -1, -1, follow_symlinks=False)"
-	c2=$(stat -c %.9Z "$o")
-	check "chown(-1,-1) updates ctime of $o" [ "$c2" != "$c1" ]
-	check_eq "the backing ctime moved too ($o)" "$c2" "$(stat -c %.9Z "$B/$o")"
+	c1=$(stat -c %.9Z "$o"); b1=$(stat -c %.9Z "$B/$o"); sleep 0.05
+	chown -h -1:-1 "$o"
+	check "chown(-1,-1) updates ctime of $o" [ "$(stat -c %.9Z "$o")" != "$c1" ]
+	# The kernel keeps its own clock for cached files: the backing ctime
+	# moves too, to its own "now", not necessarily to the same nanosecond.
+	check "the backing ctime moved too ($o)" [ "$(stat -c %.9Z "$B/$o")" != "$b1" ]
 done
 
 # xattrs
