@@ -138,6 +138,7 @@ out_free:
  */
 struct worker_pool {
 	struct drfs_fs *fs;
+	pthread_t main_thread;  /* woken (SIGUSR1) when the last worker ends */
 	unsigned int running;   /* protected by lock */
 	pthread_mutex_t lock;
 	int err;                /* first error a worker saw; protected by lock */
@@ -163,7 +164,8 @@ static void *worker_main(void *arg)
 	pthread_mutex_lock(&pool->lock);
 	if (ret < 0 && ret != -ENODEV && !pool->err)
 		pool->err = ret;
-	pool->running--;
+	if (--pool->running == 0)
+		pthread_kill(pool->main_thread, SIGUSR1);
 	pthread_mutex_unlock(&pool->lock);
 	fuse_session_exit(se);
 	return NULL;
@@ -171,9 +173,9 @@ static void *worker_main(void *arg)
 
 int fs_serve(struct drfs_fs *fs)
 {
-	struct worker_pool pool = { .fs = fs };
+	struct worker_pool pool = { .fs = fs, .main_thread = pthread_self() };
 	unsigned int n = fs->cfg.max_threads ? fs->cfg.max_threads : 16, started = 0;
-	struct timespec tick = { 0, 200 * 1000 * 1000 };
+	struct timespec tick = { 1, 0 };
 	pthread_t *threads = calloc(n, sizeof(*threads));
 	sigset_t stop, old;
 	bool unmounted = false;
@@ -186,6 +188,7 @@ int fs_serve(struct drfs_fs *fs)
 	sigaddset(&stop, SIGTERM);
 	sigaddset(&stop, SIGINT);
 	sigaddset(&stop, SIGHUP);
+	sigaddset(&stop, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &stop, &old);
 	for (; started < n; started++) {
 		pthread_mutex_lock(&pool.lock);
@@ -202,7 +205,7 @@ int fs_serve(struct drfs_fs *fs)
 		unsigned int running;
 		int sig = sigtimedwait(&stop, NULL, &tick);
 
-		if (sig > 0 && !unmounted) {
+		if (sig > 0 && sig != SIGUSR1 && !unmounted) {
 			log_info("signal %d: unmounting %s", sig, fs->cfg.mountpoint);
 			fuse_session_exit(fs->se);
 			fuse_session_unmount(fs->se);
