@@ -44,7 +44,7 @@ static void drfs_init(void *userdata, struct fuse_conn_info *conn)
 	unsigned int want = FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_WRITE |
 			    FUSE_CAP_SPLICE_MOVE | FUSE_CAP_PARALLEL_DIROPS |
 			    FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK |
-			    FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_ASYNC_DIO |
+			    FUSE_CAP_ATOMIC_O_TRUNC |
 			    FUSE_CAP_CACHE_SYMLINKS | FUSE_CAP_ASYNC_READ |
 			    FUSE_CAP_EXPORT_SUPPORT;
 
@@ -53,6 +53,11 @@ static void drfs_init(void *userdata, struct fuse_conn_info *conn)
 		log_debug("kernel lacks FUSE capabilities 0x%x", want & ~conn->capable);
 	/* Nobody else writes the backing tree: no need to revalidate pages. */
 	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+	/*
+	 * Asynchronous direct I/O lets buffered reads racing with AIO O_DIRECT
+	 * writes put pre-write data back in the page cache (xfstests 451).
+	 */
+	conn->want &= ~FUSE_CAP_ASYNC_DIO;
 	/* The kernel must not emulate locks we would then not see: local is right for one mount. */
 	conn->want &= ~(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
 	conn->max_write = 1 << 20;

@@ -19,7 +19,6 @@
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -57,6 +56,7 @@ static const char umount_usage[] =
 
 struct mount_opts {
 	char kernel[1024];   /* options for the kernel mount */
+	char after[256];     /* flags libfuse does not take, applied by a remount after mounting */
 	char *source;        /* -o source= */
 	unsigned int max_threads;
 	bool debug;
@@ -67,8 +67,12 @@ struct mount_opts {
 /* Options handed to the kernel mount as they are. */
 static const char *const kernel_flags[] = {
 	"allow_other", "ro", "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec",
-	"atime", "noatime", "relatime", "norelatime", "strictatime", "nostrictatime",
-	"diratime", "nodiratime", "lazytime", "nolazytime", "sync", "async", "dirsync",
+	"atime", "noatime", "sync", "async", "dirsync",
+};
+/* Mount flags libfuse 3.14 refuses: set by a remount once mounted. */
+static const char *const after_flags[] = {
+	"relatime", "norelatime", "strictatime", "nostrictatime", "diratime", "nodiratime",
+	"lazytime", "nolazytime",
 };
 /* Words of fstab and mount(8) that concern them, not us. */
 static const char *const ignored_flags[] = {
@@ -97,6 +101,9 @@ static int parse_opts(const char *arg, struct mount_opts *o)
 		if (!value && in_list(key, kernel_flags, ARRAY_SIZE(kernel_flags))) {
 			size_t l = strlen(o->kernel);
 			snprintf(o->kernel + l, sizeof(o->kernel) - l, "%s%s", l ? "," : "", key);
+		} else if (!value && in_list(key, after_flags, ARRAY_SIZE(after_flags))) {
+			size_t l = strlen(o->after);
+			snprintf(o->after + l, sizeof(o->after) - l, "%s%s", l ? "," : "", key);
 		} else if (!value && in_list(key, ignored_flags, ARRAY_SIZE(ignored_flags))) {
 			continue;
 		} else if (!strncmp(key, "x-", 2) || !strcmp(key, "comment")) {
@@ -137,12 +144,39 @@ static int parse_opts(const char *arg, struct mount_opts *o)
 	return ret;
 }
 
+/* The per-mount options of MNT from /proc/self/mountinfo into BUF; 0 or -1. */
+static int mount_options_of(const char *mnt, char *buf, size_t len)
+{
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	char *line = NULL;
+	size_t cap = 0;
+	int ret = -1;
+
+	if (!f)
+		return -1;
+	while (getline(&line, &cap, f) > 0) {
+		char point[4096], opts[1024];
+
+		/* id parent major:minor root mountpoint options ... */
+		if (sscanf(line, "%*s %*s %*s %*s %4095s %1023s", point, opts) == 2 &&
+		    !strcmp(point, mnt)) {
+			snprintf(buf, len, "%s", opts);
+			ret = 0;
+		}
+	}
+	free(line);
+	fclose(f);
+	return ret;
+}
+
 /*
- * mount -o remount,...: the daemon is untouched; only the kernel mount's flags
- * change.  The current flags are the starting point, the options given change
- * them in order, as mount(8) does for other filesystems.
+ * Changes the flags of the drfs mounted on MNT_ARG: the current ones are the
+ * starting point and the options in OPTS change them in order, as mount(8)
+ * does.  BIND_ONLY changes only the mount point's flags (no call reaches the
+ * daemon, so it works before the daemon serves); otherwise the superblock is
+ * reconfigured too (remount,ro).  The daemon itself is untouched.
  */
-static int do_remount(const char *mnt_arg, const char *opts)
+static int do_remount(const char *mnt_arg, const char *opts, bool bind_only)
 {
 	static const struct {
 		const char *name;
@@ -161,37 +195,32 @@ static int do_remount(const char *mnt_arg, const char *opts)
 		{ "dirsync", MS_DIRSYNC, true },   { "lazytime", MS_LAZYTIME, true },
 		{ "nolazytime", MS_LAZYTIME, false },
 	};
-	static const struct {
-		unsigned long st, ms;
-	} current[] = {
-		{ ST_RDONLY, MS_RDONLY },   { ST_NOSUID, MS_NOSUID },     { ST_NODEV, MS_NODEV },
-		{ ST_NOEXEC, MS_NOEXEC },   { ST_NOATIME, MS_NOATIME },   { ST_NODIRATIME, MS_NODIRATIME },
-		{ ST_RELATIME, MS_RELATIME }, { ST_SYNCHRONOUS, MS_SYNCHRONOUS },
-	};
-	char *mnt = path_absolute(mnt_arg), *fstype = NULL, *buf, *key, *value;
-	const char *cur = opts;
-	unsigned long ms = MS_REMOUNT;
-	struct statvfs sv;
+	char *mnt = path_absolute(mnt_arg), *fstype = NULL, *buf = NULL, *key, *value;
+	char current[1024];
+	unsigned long ms = MS_REMOUNT | (bind_only ? MS_BIND : 0);
 	int ret = EXIT_FAIL;
 
-	buf = malloc(strlen(opts) + 1);
-	if (!mnt || !buf)
+	if (!mnt)
 		goto out;
-	if (!is_mount_point(mnt, &fstype) || !fstype || strcmp(fstype, "fuse.drfs")) {
+	if (!is_mount_point(mnt, &fstype) || !fstype || strcmp(fstype, "fuse.drfs") ||
+	    mount_options_of(mnt, current, sizeof(current))) {
 		say_error("cannot remount %s: it is not a mounted drfs", mnt);
 		goto out;
 	}
-	if (statvfs(mnt, &sv) < 0) {
-		say_error("cannot remount %s: %s", mnt, strerror(errno));
+	buf = malloc(strlen(current) + strlen(opts) + 2);
+	if (!buf)
 		goto out;
+	/* The current flags first, then the requested ones: later words win. */
+	for (int pass = 0; pass < 2; pass++) {
+		const char *cur = pass ? opts : current;
+
+		while (opt_next(&cur, buf, &key, &value))
+			for (size_t i = 0; i < ARRAY_SIZE(flags); i++)
+				if (!strcmp(key, flags[i].name))
+					ms = flags[i].set ? ms | flags[i].flag : ms & ~flags[i].flag;
 	}
-	for (size_t i = 0; i < ARRAY_SIZE(current); i++)
-		if (sv.f_flag & current[i].st)
-			ms |= current[i].ms;
-	while (opt_next(&cur, buf, &key, &value))
-		for (size_t i = 0; i < ARRAY_SIZE(flags); i++)
-			if (!strcmp(key, flags[i].name))
-				ms = flags[i].set ? ms | flags[i].flag : ms & ~flags[i].flag;
+	if (ms & MS_STRICTATIME)
+		ms &= ~(MS_RELATIME | MS_NOATIME);
 	if (mount(NULL, mnt, NULL, ms, NULL) < 0) {
 		say_error("cannot remount %s: %s", mnt, strerror(errno));
 		goto out;
@@ -323,8 +352,11 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	char *mnt = NULL, *lock_path = NULL, *log_path = NULL, *fstype = NULL;
 	int ret, lock_fd = -1, notify_fd = -1, fd;
 
-	if (o->remount)
-		return do_remount(mnt_arg, o->kernel);
+	if (o->remount) {
+		char all[1300];
+		snprintf(all, sizeof(all), "%s,%s", o->kernel, o->after);
+		return do_remount(mnt_arg, all, false);
+	}
 	ret = backing_load(o->source ? o->source : source, &b);
 	if (ret)
 		return ret;
@@ -370,7 +402,8 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	 * while it finishes; a mount right after an umount waits for it.
 	 */
 	for (int i = 0; i < 200 && flock(lock_fd, LOCK_EX | LOCK_NB) < 0; i++) {
-		bool finishing = mount_record_read(b.state_dir, &rec) == 0 && rec.mountpoint &&
+		/* No record, or its mount point no longer mounted: the holder is ending. */
+		bool finishing = mount_record_read(b.state_dir, &rec) != 0 || !rec.mountpoint ||
 				 !is_mount_point(rec.mountpoint, NULL);
 		mount_record_release(&rec);
 		if (!finishing)
@@ -398,6 +431,10 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	if (fs_open(&cfg, &fs)) {
 		say_error("mounting %s on %s failed; see the message above", b.path, mnt);
 		goto out;
+	}
+	if (*o->after && do_remount(mnt, o->after, true) != EXIT_OK) {
+		say_error("mounted %s, but could not apply '%s'; unmounting", mnt, o->after);
+		goto out_close;
 	}
 	if (!o->foreground) {
 		if (daemonize(&notify_fd) < 0) {

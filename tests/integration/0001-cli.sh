@@ -122,6 +122,13 @@ check "SIGTERM unmounted" eval "! mountpoint -q $T/m"
 check "SIGTERM removed the record" [ ! -e "$T/b/.drfs/mount" ]
 check "SIGTERM is logged" grep -q "signal 15: unmounting $T/m" "$T/b/.drfs/drfs.log"
 
+# Mount flags libfuse does not take are applied once mounted.
+check_exit "mount with strictatime,nodiratime" 0 "$DRFS" mount "$T/b" "$T/m" -o strictatime,nodiratime
+MOUNTS+=("$T/m"); PIDS+=("$(daemon_pid "$T/b")")
+check "nodiratime applied" grep -q " $T/m fuse.drfs .*nodiratime" /proc/mounts
+check "strictatime applied (no relatime)" eval "! grep ' $T/m ' /proc/mounts | grep -q relatime"
+check_exit "umount strictatime" 0 "$DRFS" umount "$T/m"
+
 # The state directory elsewhere.
 check_exit "mount with state elsewhere" 0 "$DRFS" mount "$T/bs" "$T/m"
 MOUNTS+=("$T/m"); PIDS+=("$(daemon_pid "$T/state")")
