@@ -82,6 +82,8 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 	fs->timeout = DRFS_CACHE_TIMEOUT;
 	pthread_mutex_init(&fs->lock, NULL);
 	raise_fd_limit();
+	/* A write to a pipe or socket whose reader went away must fail, not kill the daemon. */
+	signal(SIGPIPE, SIG_IGN);
 
 	ret = inode_table_init(fs);
 	if (ret)
