@@ -222,6 +222,16 @@ int fs_serve(struct drfs_fs *fs)
 	}
 	for (unsigned int i = 0; i < started; i++)
 		pthread_join(threads[i], NULL);
+	/*
+	 * The last worker's wake-up may still be pending; unblocked, its default
+	 * action would end the process before it finishes.  Take it first.
+	 */
+	sigset_t wake;
+	struct timespec none = { 0, 0 };
+	sigemptyset(&wake);
+	sigaddset(&wake, SIGUSR1);
+	while (sigtimedwait(&wake, NULL, &none) > 0)
+		;
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	pthread_mutex_destroy(&pool.lock);
 	free(threads);
