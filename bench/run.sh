@@ -89,6 +89,11 @@ for rep in $(seq 1 "$reps"); do
 		rm -f "$target/randfile"
 		run_fio write4k-fdatasync "$target" iops --rw=randwrite --bs=4k --size=256M --fdatasync=1 --ioengine=psync --runtime="$rand_time" --time_based --filename=syncfile
 		rm -f "$target/syncfile"
+		# Concurrent writers, one file each: what group commit is for.
+		for n in 4 16; do
+			run_fio write4k-fdatasync-${n}w "$target" iops --rw=randwrite --bs=4k --size=64M --fdatasync=1 --ioengine=psync --runtime="$rand_time" --time_based --numjobs=$n --group_reporting
+			rm -f "$target"/write4k-fdatasync-${n}w.*
+		done
 		mkdir -p "$target/meta"
 		"$top/build/metaops" "$target/meta" "$nfiles" | while read -r phase secs rate; do
 			echo "files-$phase $side $rate" >>"$results"
@@ -117,7 +122,8 @@ for line in open(sys.argv[1]):
     rows[name][side].append(float(value))
 units = {"seqwrite": "MiB/s", "seqread-cold": "MiB/s", "seqread-cached": "MiB/s",
          "randread-qd32-direct": "IOPS", "randread-qd1-direct": "IOPS",
-         "write4k-fdatasync": "IOPS", "tar-x": "MiB/s"}
+         "write4k-fdatasync": "IOPS", "write4k-fdatasync-4w": "IOPS",
+         "write4k-fdatasync-16w": "IOPS", "tar-x": "MiB/s"}
 print("| job | unit | native (median) | drfs (median) | drfs/native |")
 print("|---|---|---:|---:|---:|")
 for name in order:
