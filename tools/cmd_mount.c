@@ -233,16 +233,6 @@ out:
 	return ret;
 }
 
-/* "/run/drfs/HASH.mount": where a mount point leads back to its backing directory. */
-static void run_record_path(const char *mountpoint, char *buf, size_t len)
-{
-	unsigned long h = 5381;
-
-	for (const char *p = mountpoint; *p; p++)
-		h = h * 33 + (unsigned char)*p;
-	snprintf(buf, len, "/run/drfs/%016lx.mount", h);
-}
-
 static int write_records(const struct backing *b, const char *mountpoint)
 {
 	char text[8192], stamp[64], run[64];
@@ -262,7 +252,7 @@ static int write_records(const struct backing *b, const char *mountpoint)
 	if (ret)
 		return ret;
 	mkdir("/run/drfs", 0755);
-	run_record_path(mountpoint, run, sizeof(run));
+	mount_record_run_path(mountpoint, run, sizeof(run));
 	fd = open("/run/drfs", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return 0; /* status by mount point will not work; by backing it will */
@@ -278,7 +268,7 @@ static void remove_records(const struct backing *b, const char *mountpoint)
 	if (file)
 		unlink(file);
 	free(file);
-	run_record_path(mountpoint, run, sizeof(run));
+	mount_record_run_path(mountpoint, run, sizeof(run));
 	unlink(run);
 }
 
@@ -478,12 +468,14 @@ int cmd_mount(int argc, char **argv)
 	struct mount_opts o = { 0 };
 	int c, ret;
 
+	/* GNU getopt also takes options after the operands, as mount.fuse3 puts them. */
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "+ho:fd", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "ho:fd", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'h':
 			fputs(mount_usage, stdout);
-			return EXIT_OK;
+			ret = EXIT_OK;
+			goto out;
 		case 'o':
 			if ((ret = parse_opts(optarg, &o)))
 				goto out;
@@ -500,36 +492,13 @@ int cmd_mount(int argc, char **argv)
 			goto out;
 		}
 	}
-	/* Options may also follow the operands, as mount.fuse3 puts them. */
-	if (argc - optind >= 2) {
-		char *src = argv[optind], *mnt = argv[optind + 1];
-		int rest = optind + 2;
-
-		optind = rest;
-		while ((c = getopt_long(argc, argv, "ho:fd", longopts, NULL)) != -1) {
-			switch (c) {
-			case 'o':
-				if ((ret = parse_opts(optarg, &o)))
-					goto out;
-				break;
-			case 'f':
-				o.foreground = true;
-				break;
-			case 'd':
-				o.debug = o.foreground = true;
-				break;
-			default:
-				fputs(mount_usage, stderr);
-				ret = EXIT_USAGE;
-				goto out;
-			}
-		}
-		if (optind != argc) {
-			say_error("unexpected argument '%s'; see 'drfs mount --help'", argv[optind]);
-			ret = EXIT_USAGE;
-			goto out;
-		}
-		ret = do_mount(src, mnt, &o);
+	if (argc - optind > 2) {
+		say_error("unexpected argument '%s'; see 'drfs mount --help'", argv[optind + 2]);
+		ret = EXIT_USAGE;
+		goto out;
+	}
+	if (argc - optind == 2) {
+		ret = do_mount(argv[optind], argv[optind + 1], &o);
 		goto out;
 	}
 	say_error("mount needs BACKING and MOUNTPOINT; see 'drfs mount --help'");

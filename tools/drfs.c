@@ -143,6 +143,15 @@ int mount_record_read(const char *state_dir, struct mount_record *r)
 	return ret;
 }
 
+void mount_record_run_path(const char *mountpoint, char *buf, size_t len)
+{
+	unsigned long h = 5381;
+
+	for (const char *p = mountpoint; *p; p++)
+		h = h * 33 + (unsigned char)*p;
+	snprintf(buf, len, "/run/drfs/%016lx.mount", h);
+}
+
 int mount_record_for_mountpoint(const char *mountpoint, struct mount_record *r)
 {
 	char *abs = path_absolute(mountpoint);
@@ -154,10 +163,7 @@ int mount_record_for_mountpoint(const char *mountpoint, struct mount_record *r)
 		return -ENOMEM;
 	/* The state directory's record is authoritative; /run only points at it. */
 	char link[64];
-	unsigned long h = 5381;
-	for (const char *p = abs; *p; p++)
-		h = h * 33 + (unsigned char)*p;
-	snprintf(link, sizeof(link), "/run/drfs/%016lx.mount", h);
+	mount_record_run_path(abs, link, sizeof(link));
 	ret = mount_record_parse(link, &tmp);
 	if (!ret && (!tmp.mountpoint || strcmp(tmp.mountpoint, abs)))
 		ret = -ENOENT;

@@ -45,6 +45,8 @@ struct mount_record {
 	char *started;
 };
 int mount_record_read(const char *state_dir, struct mount_record *r);
+/* "/run/drfs/HASH.mount" for MOUNTPOINT (absolute) into BUF (64 bytes suffice). */
+void mount_record_run_path(const char *mountpoint, char *buf, size_t len);
 int mount_record_for_mountpoint(const char *mountpoint, struct mount_record *r);
 void mount_record_release(struct mount_record *r);
 bool pid_alive(pid_t pid);
