@@ -4,6 +4,7 @@
 #   make test       install what is missing, build, run unit (under ASan+UBSan)
 #                   and integration tests
 #   make run        install what is missing, build, mount a demo data directory
+#   make soak       the crash test with 1,000 kill points
 #   make bench      run the benchmarks in bench/
 #   make install    install drfs and the mount(8) helper
 #   make SAN=1      build everything with AddressSanitizer + UBSan
@@ -16,7 +17,7 @@ SAN      ?=
 WARNINGS := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 BASEFLAGS := -std=gnu17 $(WARNINGS) -D_GNU_SOURCE -MMD -MP
 PKG_CFLAGS := $(shell pkg-config --cflags fuse3 2>/dev/null)
-PKG_LIBS := $(shell pkg-config --libs fuse3 2>/dev/null) -lpthread
+PKG_LIBS := $(shell pkg-config --libs fuse3 liburing 2>/dev/null) -lpthread
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 ifeq ($(SAN),1)
@@ -28,13 +29,14 @@ EXTRA :=
 endif
 
 COMMON_SRC := common/log.c common/util.c
+JOURNAL_SRC := journal/record.c journal/journal.c journal/reader.c journal/apply.c
 FS_SRC     := fs/inode.c fs/mutate.c fs/ops.c fs/session.c
-TOOLS_SRC  := tools/drfs.c tools/cmd_init.c tools/cmd_mount.c tools/cmd_status.c
-DRFS_SRC   := $(COMMON_SRC) $(FS_SRC) $(TOOLS_SRC)
+TOOLS_SRC  := tools/drfs.c tools/cmd_init.c tools/cmd_mount.c tools/cmd_status.c tools/cmd_journal.c
+DRFS_SRC   := $(COMMON_SRC) $(JOURNAL_SRC) $(FS_SRC) $(TOOLS_SRC)
 
 obj = $(patsubst %.c,$(1)/%.o,$(2))
 
-.PHONY: all test unit integration run bench install uninstall deps clean
+.PHONY: all test unit integration soak run bench install uninstall deps clean
 all: drfs
 
 build/release/%.o: %.c
@@ -57,16 +59,19 @@ drfs: $(call obj,$(BUILD),$(DRFS_SRC)) $(FLAVOUR)
 	@echo "  LINK    $@"
 	@$(CC) $(CFLAGS) $(EXTRA) $(LDFLAGS) -o $@ $(filter %.o,$^) $(PKG_LIBS)
 
-UNIT_TESTS := tests/unit/test_common tests/unit/test_fs
+UNIT_TESTS := tests/unit/test_common tests/unit/test_fs tests/unit/test_journal
 tests/unit/test_common: build/san/tests/unit/test_common.o $(call obj,build/san,$(COMMON_SRC))
 	@echo "  LINK    $@"
 	@$(CC) $(CFLAGS) $(SANFLAGS) -Wl,--wrap=fsync,--wrap=write -o $@ $^ -lcmocka
-tests/unit/test_fs: build/san/tests/unit/test_fs.o $(call obj,build/san,$(COMMON_SRC) fs/inode.c fs/mutate.c)
+tests/unit/test_fs: build/san/tests/unit/test_fs.o $(call obj,build/san,$(COMMON_SRC) $(JOURNAL_SRC) fs/inode.c fs/mutate.c)
 	@echo "  LINK    $@"
 	@$(CC) $(CFLAGS) $(SANFLAGS) -Wl,--wrap=fchownat -o $@ $^ -lcmocka $(PKG_LIBS)
+tests/unit/test_journal: build/san/tests/unit/test_journal.o $(call obj,build/san,$(COMMON_SRC) $(JOURNAL_SRC))
+	@echo "  LINK    $@"
+	@$(CC) $(CFLAGS) $(SANFLAGS) -o $@ $^ -lcmocka $(PKG_LIBS)
 
-HELPERS := tests/helpers/fsops
-tests/helpers/fsops: tests/helpers/fsops.c
+HELPERS := tests/helpers/fsops tests/helpers/crashload tests/helpers/fsmodel
+tests/helpers/%: tests/helpers/%.c
 	@echo "  CC      $@"
 	@$(CC) $(BASEFLAGS) $(CFLAGS) -o $@ $<
 
@@ -78,6 +83,10 @@ unit: $(UNIT_TESTS)
 
 integration: drfs $(HELPERS)
 	@tests/integration/run.sh
+
+soak: deps
+	@$(MAKE) --no-print-directory drfs $(HELPERS)
+	@CRASH_POINTS=1000 TEST_TIMEOUT=7200 TESTS=0013-crash.sh tests/integration/run.sh
 
 test: deps
 	@$(MAKE) --no-print-directory drfs $(UNIT_TESTS) $(HELPERS)

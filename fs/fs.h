@@ -4,10 +4,12 @@
  * one internal mutation interface (fs_i.h: struct mutation, fs_mutate()), the
  * single point where the journal hooks in.
  *
- * Lifecycle: fs_open() creates the session and mounts it (so mount errors are
- * reported before a caller daemonizes), fs_serve() runs the multi-threaded
- * request loop until the filesystem is unmounted or a signal arrives, and
- * fs_close() unmounts and frees everything.
+ * Lifecycle: fs_open() opens the journal (replaying it after an unclean
+ * stop), creates the session and mounts it (so errors are reported before a
+ * caller daemonizes), fs_serve() starts the journal's threads and runs the
+ * multi-threaded request loop until the filesystem is unmounted or a signal
+ * arrives, and fs_close() unmounts, closes the journal cleanly and frees
+ * everything.
  */
 #ifndef DRFS_FS_H
 #define DRFS_FS_H
@@ -23,6 +25,9 @@ struct fs_config {
 	const char *kernel_opts;  /* comma list passed to the kernel mount (allow_other, ro, dev, ...) */
 	bool debug;               /* log every FUSE request */
 	unsigned int max_threads; /* worker threads (0: default) */
+	const char *journal_dir;  /* STATE/journal; NULL: no journal (unit tests only) */
+	const char *journal_stats;/* file the journal counters are written to, or NULL */
+	unsigned int flush_interval_ms; /* journal flush interval (0: default) */
 };
 
 /*

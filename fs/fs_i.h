@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <sys/stat.h>
 
+#include "../journal/journal.h"
 #include "fs.h"
 
 #define INODE_HANDLE_MAX 40  /* larger handles: keep an O_PATH fd instead */
@@ -59,6 +60,7 @@ struct drfs_fs {
 	size_t table_size, table_count;
 	bool use_handles;
 	bool mounted;
+	struct journal *journal;   /* NULL only in unit tests that run without one */
 };
 
 /* inode.c */
@@ -136,13 +138,19 @@ struct mutation {
 	off_t offset, src_offset;
 	const void *data;
 	size_t size;
+	bool created;           /* out: MUT_CREATE made a new file */
 };
 
 /*
- * Applies M to the backing tree.  Returns a non-negative result (bytes
- * written or copied; the new fd for MUT_CREATE; otherwise 0) or -errno.
+ * Journals M and applies it to the backing tree (mutate.c; see there for
+ * the order of the two).  Returns a non-negative result (bytes written or
+ * copied; the new fd for MUT_CREATE; otherwise 0) or -errno.
  */
 ssize_t fs_mutate(struct drfs_fs *fs, struct mutation *m);
+/* Waits until every change made so far is durable in the journal.  0 or -errno. */
+int fs_sync(struct drfs_fs *fs);
+/* The journal's identity of INODE. */
+struct jfid fs_fid(struct drfs_fs *fs, struct drfs_inode *inode);
 
 /* The FUSE operation table (ops.c). */
 extern const struct fuse_lowlevel_ops drfs_ops;

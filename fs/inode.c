@@ -249,6 +249,11 @@ static struct drfs_inode *inode_new(struct drfs_fs *fs, int dirfd, const char *n
 			free(in);
 			return NULL;
 		}
+		if (fs->use_handles) {
+			struct jfid f;
+			if (apply_fid_of(in->fd, "", &f) == 0)
+				in->gen = f.gen;
+		}
 	} else {
 		set_handle(in, h);
 	}

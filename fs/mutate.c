@@ -2,9 +2,18 @@
  * mutate.c - fs_mutate(): the one place where the backing tree changes.
  *
  * Every FUSE operation that modifies anything describes the change as a
- * struct mutation and calls fs_mutate().  The journal (journal/) hooks in
- * here: append the record, then apply it; the same apply code will serve
- * crash recovery and standby replay.
+ * struct mutation and calls fs_mutate(), which journals it and applies it:
+ *
+ *  - data (WRITE, COPY, FALLOCATE, a size change): the record is appended,
+ *    the worker waits until it is durable, then applies it, so the backing
+ *    tree's data is never ahead of the durable journal.  With the writeback
+ *    cache the application does not wait: the kernel holds the page.  A
+ *    change that then fails to apply gets an ABORT record.
+ *  - namespace and attributes: applied first, then the record of what
+ *    resulted (the new object's fid, the mode after umask and ACLs, times
+ *    set to "now") is appended before the reply.  fsync and friends wait
+ *    for it to be durable; docs/format.md "Replay" says what recovery does
+ *    about a change applied just before a crash.
  *
  * Objects are created by the daemon (root) and then given the caller's
  * ownership.  The group is left as the backing filesystem chose it when the
@@ -17,6 +26,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
@@ -24,6 +34,9 @@
 
 #include "../common/common.h"
 #include "fs_i.h"
+
+static ssize_t apply(struct drfs_fs *fs, struct mutation *m);
+static ssize_t journaled(struct drfs_fs *fs, struct mutation *m);
 
 static __thread bool thread_fs_private;
 
@@ -98,6 +111,7 @@ static ssize_t do_create(struct drfs_fs *fs, struct mutation *m, int dirfd)
 	}
 	if (fd < 0)
 		return -errno;
+	m->created = created;
 	if (created) {
 		ret = set_owner(fd, "", m, &dir_st);
 		if (ret) {
@@ -192,18 +206,14 @@ static int do_setattr(struct mutation *m, int pathfd)
 	return 0;
 }
 
-ssize_t fs_mutate(struct drfs_fs *fs, struct mutation *m)
+/* Applies M to the backing tree, without journaling. */
+static ssize_t apply(struct drfs_fs *fs, struct mutation *m)
 {
 	struct drfs_inode *pathnode = m->node ? m->node : m->dir;
 	bool owned = false, owned2 = false;
 	int fd = -1, fd2 = -1;
 	char path[32];
 	ssize_t ret;
-
-	/* The hidden state directory can be neither created nor touched by name. */
-	if ((m->dir && m->name && fs_is_hidden(fs, m->dir, m->name)) ||
-	    (m->newdir && m->newname && fs_is_hidden(fs, m->newdir, m->newname)))
-		return -EPERM;
 
 	/* Data operations on an open file need no path fd. */
 	if (m->type == MUT_WRITE) {
@@ -276,5 +286,394 @@ ssize_t fs_mutate(struct drfs_fs *fs, struct mutation *m)
 		close(fd2);
 	if (owned)
 		close(fd);
+	return ret;
+}
+
+/* ---- journaling ---- */
+
+struct jfid fs_fid(struct drfs_fs *fs, struct drfs_inode *inode)
+{
+	struct jfid f;
+
+	if (inode == fs->root)
+		return JFID_ROOT;
+	pthread_mutex_lock(&fs->lock);
+	f.ino = inode->ino;
+	f.gen = inode->gen;
+	pthread_mutex_unlock(&fs->lock);
+	return f;
+}
+
+int fs_sync(struct drfs_fs *fs)
+{
+	return fs->journal ? journal_wait(fs->journal, journal_head(fs->journal)) : 0;
+}
+
+/* Appends R; WAIT: until durable.  Returns the end LSN or -errno. */
+static int64_t log_rec(struct drfs_fs *fs, struct jrec *r, bool borrow, bool wait)
+{
+	int err;
+	uint64_t end = journal_append(fs->journal, r, borrow, &err);
+
+	if (!end)
+		return err;
+	if (wait && (err = journal_wait(fs->journal, end)))
+		return err;
+	return (int64_t)end;
+}
+
+/* Marks the record at LSN as not applied, durably. */
+static void log_abort(struct drfs_fs *fs, uint64_t lsn)
+{
+	struct jrec a = { .type = JR_ABORT, .lsn2 = lsn };
+
+	log_rec(fs, &a, false, true);
+}
+
+static void name_of(struct jrec *r, const char *name, bool second)
+{
+	size_t n = strlen(name);
+
+	if (second) {
+		r->name2 = name;
+		r->name2_len = (uint16_t)n;
+	} else {
+		r->name = name;
+		r->name_len = (uint16_t)n;
+	}
+}
+
+/* The fid of NAME in directory DIR; zero fid when absent.  0 or -errno. */
+static int fid_in(struct drfs_fs *fs, struct drfs_inode *dir, const char *name, struct jfid *f)
+{
+	bool owned;
+	int fd = inode_fd(fs, dir, O_PATH, &owned), ret;
+
+	*f = (struct jfid){ 0, 0 };
+	if (fd < 0)
+		return fd;
+	ret = apply_fid_of(fd, name, f);
+	if (owned)
+		close(fd);
+	return ret == -ENOENT ? 0 : ret;
+}
+
+static void stat_to_rec(struct jrec *r, const struct stat *st)
+{
+	r->mode = st->st_mode;
+	r->uid = st->st_uid;
+	r->gid = st->st_gid;
+	r->size = (uint64_t)st->st_size;
+	r->atime = st->st_atim;
+	r->mtime = st->st_mtim;
+}
+
+/* A data change: record, wait until durable, apply; ABORT when applying fails. */
+static ssize_t data_change(struct drfs_fs *fs, struct mutation *m, struct jrec *r, bool borrow)
+{
+	int64_t end = log_rec(fs, r, borrow, true);
+	ssize_t ret;
+
+	if (end < 0)
+		return end;
+	ret = apply(fs, m);
+	if (ret < 0 || (m->type == MUT_WRITE && (size_t)ret < m->size)) {
+		log_abort(fs, r->lsn);
+		if (ret > 0) {
+			/* a short write: record what did land */
+			r->data_len = (size_t)ret;
+			if ((end = log_rec(fs, r, borrow, true)) < 0)
+				return end;
+		}
+	}
+	return ret;
+}
+
+static ssize_t journal_write(struct drfs_fs *fs, struct mutation *m)
+{
+	struct jrec r = { .type = JR_WRITE, .fid = fs_fid(fs, m->node),
+			  .offset = (uint64_t)m->offset, .data = m->data, .data_len = m->size };
+	size_t done = 0;
+
+	if (m->size <= JREC_MAX_DATA)
+		return data_change(fs, m, &r, true);
+	/* larger than one record: journal and apply it in pieces */
+	while (done < m->size) {
+		struct mutation piece = *m;
+		ssize_t n;
+
+		piece.data = (const char *)m->data + done;
+		piece.offset = m->offset + (off_t)done;
+		piece.size = m->size - done < JREC_MAX_DATA ? m->size - done : JREC_MAX_DATA;
+		r.data = piece.data;
+		r.offset = (uint64_t)piece.offset;
+		r.data_len = piece.size;
+		n = data_change(fs, &piece, &r, true);
+		if (n < 0)
+			return done ? (ssize_t)done : n;
+		done += (size_t)n;
+		if ((size_t)n < piece.size)
+			break;
+	}
+	return (ssize_t)done;
+}
+
+/* copy_file_range: the bytes copied go into the record, up to one record's worth. */
+static ssize_t journal_copy(struct drfs_fs *fs, struct mutation *m)
+{
+	size_t len = m->size < JREC_MAX_DATA ? m->size : JREC_MAX_DATA;
+	char *buf = malloc(len ? len : 1);
+	struct mutation w = *m;
+	struct jrec r = { .type = JR_COPY, .fid = fs_fid(fs, m->node), .offset = (uint64_t)m->offset,
+			  .fid2 = fs_fid(fs, m->src), .offset2 = (uint64_t)m->src_offset };
+	ssize_t n = 0, got;
+
+	if (!buf)
+		return -ENOMEM;
+	while ((size_t)n < len) {
+		got = pread(m->src_fd, buf + n, len - (size_t)n, m->src_offset + n);
+		if (got < 0) {
+			free(buf);
+			return -errno;
+		}
+		if (got == 0)
+			break;
+		n += got;
+	}
+	if (n == 0) {
+		free(buf);
+		return 0;
+	}
+	r.data = buf;
+	r.data_len = (size_t)n;
+	w.type = MUT_WRITE;
+	w.data = buf;
+	w.size = (size_t)n;
+	n = data_change(fs, &w, &r, true);
+	free(buf);
+	return n;
+}
+
+/* The attributes the SETATTR in M changed, as they now are, into a record. */
+static ssize_t journal_setattr(struct drfs_fs *fs, struct mutation *m)
+{
+	const int others = FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID |
+			   FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME;
+	struct jrec r = { .type = JR_SETATTR, .fid = fs_fid(fs, m->node) };
+	struct stat st;
+	bool owned = false;
+	ssize_t ret;
+	int fd;
+
+	if (m->valid & FUSE_SET_ATTR_SIZE) {
+		r.mask = JA_SIZE;
+		r.size = (uint64_t)m->attr.st_size;
+		ret = data_change(fs, m, &r, false);
+	} else {
+		ret = apply(fs, m);
+	}
+	if (ret < 0 || !(m->valid & others))
+		return ret;
+	fd = m->fd >= 0 ? m->fd : inode_fd(fs, m->node, O_PATH, &owned);
+	if (fd < 0)
+		return fd;
+	ret = fstat(fd, &st) < 0 ? -errno : 0;
+	if (owned)
+		close(fd);
+	if (ret)
+		return ret;
+	memset(&r, 0, sizeof(r));
+	r.type = JR_SETATTR;
+	r.fid = fs_fid(fs, m->node);
+	stat_to_rec(&r, &st);
+	r.mask = ((m->valid & FUSE_SET_ATTR_MODE) ? JA_MODE : 0) |
+		 ((m->valid & FUSE_SET_ATTR_UID) ? JA_UID : 0) |
+		 ((m->valid & FUSE_SET_ATTR_GID) ? JA_GID : 0) |
+		 ((m->valid & FUSE_SET_ATTR_ATIME) ? JA_ATIME : 0) |
+		 ((m->valid & FUSE_SET_ATTR_MTIME) ? JA_MTIME : 0);
+	/* chown may have cleared set-id bits: the mode as it now is goes along */
+	if (r.mask & (JA_UID | JA_GID))
+		r.mask |= JA_MODE;
+	ret = log_rec(fs, &r, false, false);
+	return ret < 0 ? ret : 0;
+}
+
+/* A create that opened an existing file with O_TRUNC: that truncation is a data change. */
+static ssize_t create_existing(struct drfs_fs *fs, struct mutation *m, int fd, bool trunc)
+{
+	struct mutation t = { .type = MUT_SETATTR, .fd = fd, .valid = FUSE_SET_ATTR_SIZE };
+	struct drfs_inode tmp = { 0 };
+	struct jrec r = { .type = JR_SETATTR, .mask = JA_SIZE, .size = 0 };
+	struct jfid f;
+	struct stat st;
+	ssize_t ret;
+
+	if (!trunc || fstat(fd, &st) < 0 || st.st_size == 0)
+		return fd;
+	if ((ret = apply_fid_of(fd, "", &f)) < 0)
+		goto fail;
+	r.fid = f;
+	tmp.ino = f.ino;
+	tmp.gen = f.gen;
+	t.node = &tmp;
+	ret = data_change(fs, &t, &r, false);
+	if (ret >= 0)
+		return fd;
+fail:
+	close(fd);
+	(void)m;
+	return ret;
+}
+
+/* Records a namespace change that has just been applied. */
+static ssize_t record_made(struct drfs_fs *fs, struct mutation *m, int newfd)
+{
+	struct jrec r = { .type = JR_CREATE, .fid2 = fs_fid(fs, m->dir) };
+	struct stat st;
+	bool owned;
+	int dfd, ret;
+
+	name_of(&r, m->name, false);
+	if (newfd >= 0) {
+		ret = apply_fid_of(newfd, "", &r.fid);
+		if (!ret && fstat(newfd, &st) < 0)
+			ret = -errno;
+	} else {
+		dfd = inode_fd(fs, m->dir, O_PATH, &owned);
+		if (dfd < 0)
+			return dfd;
+		ret = apply_fid_of(dfd, m->name, &r.fid);
+		if (!ret && fstatat(dfd, m->name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			ret = -errno;
+		if (owned)
+			close(dfd);
+	}
+	if (ret)
+		return ret;
+	stat_to_rec(&r, &st);
+	r.rdev = st.st_rdev;
+	if (m->type == MUT_SYMLINK)
+		name_of(&r, m->target, true);
+	ret = (int)log_rec(fs, &r, false, false);
+	return ret < 0 ? ret : 0;
+}
+
+static ssize_t journaled(struct drfs_fs *fs, struct mutation *m)
+{
+	struct journal_stats st;
+	struct jrec r = { 0 };
+	struct jfid victim = { 0, 0 }, moved = { 0, 0 };
+	ssize_t ret;
+	bool trunc;
+	int64_t end;
+
+	switch (m->type) {
+	case MUT_WRITE:
+		return journal_write(fs, m);
+	case MUT_COPY_RANGE:
+		return journal_copy(fs, m);
+	case MUT_FALLOCATE:
+		r.type = JR_FALLOCATE;
+		r.fid = fs_fid(fs, m->node);
+		r.xflags = (uint32_t)m->flags;
+		r.offset = (uint64_t)m->offset;
+		r.size = m->size;
+		return data_change(fs, m, &r, false);
+	case MUT_SETATTR:
+		return journal_setattr(fs, m);
+	default:
+		break;
+	}
+
+	/* namespace and xattrs: applied first, recorded right after */
+	journal_get_stats(fs->journal, &st);
+	if (st.error)
+		return -EIO;
+	if (m->type == MUT_UNLINK || m->type == MUT_RMDIR) {
+		if ((ret = fid_in(fs, m->dir, m->name, &victim)) < 0)
+			return ret;
+	} else if (m->type == MUT_RENAME) {
+		if ((ret = fid_in(fs, m->dir, m->name, &moved)) < 0 ||
+		    (ret = fid_in(fs, m->newdir, m->newname, &victim)) < 0)
+			return ret;
+	}
+	trunc = m->type == MUT_CREATE && (m->open_flags & O_TRUNC);
+	if (trunc)
+		m->open_flags &= ~O_TRUNC;
+	ret = apply(fs, m);
+	if (ret < 0)
+		return ret;
+
+	switch (m->type) {
+	case MUT_CREATE:
+		if (!m->created)
+			return create_existing(fs, m, (int)ret, trunc);
+		end = record_made(fs, m, (int)ret);
+		if (end < 0) {
+			close((int)ret);
+			return end;
+		}
+		return ret;
+	case MUT_MKNOD:
+	case MUT_MKDIR:
+	case MUT_SYMLINK:
+		return record_made(fs, m, -1);
+	case MUT_LINK:
+		r.type = JR_LINK;
+		r.fid = fs_fid(fs, m->node);
+		r.fid2 = fs_fid(fs, m->dir);
+		name_of(&r, m->name, false);
+		break;
+	case MUT_UNLINK:
+	case MUT_RMDIR:
+		r.type = JR_UNLINK;
+		r.flags = m->type == MUT_RMDIR ? JR_UNLINK_DIR : 0;
+		r.fid2 = fs_fid(fs, m->dir);
+		r.fid = victim;
+		name_of(&r, m->name, false);
+		break;
+	case MUT_RENAME:
+		r.type = JR_RENAME;
+		r.fid = fs_fid(fs, m->dir);
+		r.fid2 = fs_fid(fs, m->newdir);
+		r.fid3 = moved;
+		r.fid4 = victim;
+		r.xflags = (uint32_t)m->flags;
+		name_of(&r, m->name, false);
+		name_of(&r, m->newname, true);
+		break;
+	case MUT_SETXATTR:
+		r.type = JR_SETXATTR;
+		r.fid = fs_fid(fs, m->node);
+		r.xflags = (uint32_t)m->flags;
+		r.data = m->data;
+		r.data_len = m->size;
+		name_of(&r, m->xname, false);
+		break;
+	case MUT_REMOVEXATTR:
+		r.type = JR_REMOVEXATTR;
+		r.fid = fs_fid(fs, m->node);
+		name_of(&r, m->xname, false);
+		break;
+	default:
+		return ret;
+	}
+	end = log_rec(fs, &r, false, false);
+	return end < 0 ? end : ret;
+}
+
+ssize_t fs_mutate(struct drfs_fs *fs, struct mutation *m)
+{
+	ssize_t ret;
+
+	/* The hidden state directory can be neither created nor touched by name. */
+	if ((m->dir && m->name && fs_is_hidden(fs, m->dir, m->name)) ||
+	    (m->newdir && m->newname && fs_is_hidden(fs, m->newdir, m->newname)))
+		return -EPERM;
+	if (!fs->journal)
+		return apply(fs, m);
+	journal_apply_begin(fs->journal);
+	ret = journaled(fs, m);
+	journal_apply_end(fs->journal);
 	return ret;
 }

@@ -381,10 +381,25 @@ static void drfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 	if (!in)
 		return;
-	fd = inode_open(fs_of(req), in, backing_flags(fi->flags));
+	/* O_TRUNC (atomic_o_trunc) is a data change: it goes through the journal */
+	fd = inode_open(fs_of(req), in, backing_flags(fi->flags) & ~O_TRUNC);
 	if (fd < 0) {
 		fuse_reply_err(req, -fd);
 		return;
+	}
+	if ((fi->flags & O_TRUNC) && in->type == S_IFREG) {
+		struct mutation m = { .type = MUT_SETATTR, .node = in, .fd = fd,
+				      .valid = FUSE_SET_ATTR_SIZE };
+		struct stat st;
+		ssize_t ret = fstat(fd, &st) < 0 ? -errno : 0;
+
+		if (!ret && st.st_size > 0)
+			ret = fs_mutate(fs_of(req), &m);
+		if (ret < 0) {
+			close(fd);
+			fuse_reply_err(req, (int)-ret);
+			return;
+		}
 	}
 	set_open_reply(fi, fd);
 	if (fuse_reply_open(req, fi))
@@ -426,13 +441,17 @@ static void drfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
 	fuse_reply_err(req, 0);
 }
 
+/*
+ * fsync, fdatasync, O_SYNC/O_DSYNC writes (the kernel follows them with an
+ * fsync) and directory fsync: every change is journaled, and the journal
+ * makes them durable; the backing tree is made durable at checkpoints.
+ */
 static void drfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
-	int fd = (int)fi->fh, ret;
-
 	(void)ino;
-	ret = datasync ? fdatasync(fd) : fsync(fd);
-	fuse_reply_err(req, ret < 0 ? errno : 0);
+	(void)datasync;
+	(void)fi;
+	fuse_reply_err(req, -fs_sync(fs_of(req)));
 }
 
 static void drfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
@@ -633,12 +652,10 @@ static void drfs_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_inf
 static void drfs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
 			  struct fuse_file_info *fi)
 {
-	struct dir_handle *d = (struct dir_handle *)(uintptr_t)fi->fh;
-	int fd = dirfd(d->dp), ret;
-
 	(void)ino;
-	ret = datasync ? fdatasync(fd) : fsync(fd);
-	fuse_reply_err(req, ret < 0 ? errno : 0);
+	(void)datasync;
+	(void)fi;
+	fuse_reply_err(req, -fs_sync(fs_of(req)));
 }
 
 static void drfs_statfs(fuse_req_t req, fuse_ino_t ino)

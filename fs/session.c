@@ -88,6 +88,24 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 	ret = inode_table_init(fs);
 	if (ret)
 		goto out_free;
+	if (cfg->journal_dir) {
+		struct journal_config jc = { .dir = cfg->journal_dir, .backing_fd = fs->mount_fd,
+					     .stats_path = cfg->journal_stats,
+					     .flush_interval_ms = cfg->flush_interval_ms };
+		struct replay_result rr;
+
+		ret = journal_open(&jc, &fs->journal, &rr);
+		if (ret)
+			goto out_table;
+		if (rr.unclean)
+			log_info("recovered after an unclean stop%s: replayed LSN %llu..%llu, "
+				 "%llu records (%llu applied, %llu already there)%s%s",
+				 rr.reboot ? " (the machine restarted)" : "",
+				 (unsigned long long)rr.from, (unsigned long long)rr.to,
+				 (unsigned long long)rr.records, (unsigned long long)rr.applied,
+				 (unsigned long long)rr.skipped,
+				 rr.stop_reason[0] ? "; the log ended at: " : "", rr.stop_reason);
+	}
 
 	if (asprintf(&opts, "fsname=%s,subtype=drfs,default_permissions%s%s", cfg->fsname,
 		     cfg->kernel_opts && *cfg->kernel_opts ? "," : "",
@@ -125,6 +143,8 @@ out_args:
 	fuse_opt_free_args(&args);
 	free(opts);
 out_table:
+	if (fs->journal)
+		journal_close(fs->journal);
 	inode_table_release(fs);
 out_free:
 	pthread_mutex_destroy(&fs->lock);
@@ -192,6 +212,16 @@ int fs_serve(struct drfs_fs *fs)
 	sigaddset(&stop, SIGHUP);
 	sigaddset(&stop, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &stop, &old);
+	if (fs->journal) {
+		int ret = journal_start(fs->journal);
+		if (ret) {
+			log_error("cannot start the journal: %s; unmounting", strerror(-ret));
+			pthread_sigmask(SIG_SETMASK, &old, NULL);
+			pthread_mutex_destroy(&pool.lock);
+			free(threads);
+			return ret;
+		}
+	}
 	for (; started < n; started++) {
 		pthread_mutex_lock(&pool.lock);
 		pool.running++;
@@ -247,6 +277,8 @@ void fs_close(struct drfs_fs *fs)
 	if (fs->mounted)
 		fuse_session_unmount(fs->se);
 	fuse_session_destroy(fs->se);
+	if (fs->journal && journal_close(fs->journal))
+		log_error("the journal was not closed cleanly; the next mount replays it");
 	inode_table_release(fs);
 	pthread_mutex_destroy(&fs->lock);
 	free(fs);

@@ -24,6 +24,7 @@
 
 #include "../common/common.h"
 #include "../fs/fs.h"
+#include "../journal/journal.h"
 #include "tools_i.h"
 
 static const char mount_usage[] =
@@ -270,6 +271,8 @@ static void remove_records(const struct backing *b, const char *mountpoint)
 	free(file);
 	mount_record_run_path(mountpoint, run, sizeof(run));
 	unlink(run);
+	journal_stats_path(mountpoint, run, sizeof(run));
+	unlink(run);
 }
 
 /*
@@ -339,7 +342,8 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	struct backing b;
 	struct mount_record rec;
 	struct stat st;
-	char *mnt = NULL, *lock_path = NULL, *log_path = NULL, *fstype = NULL;
+	char *mnt = NULL, *lock_path = NULL, *log_path = NULL, *fstype = NULL, *journal_dir = NULL;
+	char stats[64];
 	int ret, lock_fd = -1, notify_fd = -1, fd;
 
 	if (o->remount) {
@@ -411,6 +415,20 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 		goto out;
 	}
 
+	journal_dir = path_join(b.state_dir, "journal");
+	if (!journal_dir)
+		goto out;
+	if (!journal_exists(journal_dir)) {
+		int jr = journal_create(journal_dir, 0);
+		if (jr) {
+			say_error("cannot create the journal in %s: %s; check space and permissions",
+				  journal_dir, strerror(-jr));
+			goto out;
+		}
+	}
+	journal_stats_path(mnt, stats, sizeof(stats));
+	cfg.journal_dir = journal_dir;
+	cfg.journal_stats = stats;
 	cfg.backing = b.path;
 	cfg.mountpoint = mnt;
 	/* The source shown in /proc/mounts: the name given with -o source=, else the absolute backing path. */
@@ -452,6 +470,7 @@ out:
 	free(fstype);
 	free(lock_path);
 	free(log_path);
+	free(journal_dir);
 	free(mnt);
 	backing_release(&b);
 	return ret;

@@ -10,6 +10,7 @@
 #include <sys/statvfs.h>
 
 #include "../common/common.h"
+#include "../journal/journal.h"
 #include "tools_i.h"
 
 static const char status_usage[] =
@@ -83,6 +84,8 @@ int cmd_status(int argc, char **argv)
 		memset(&sv, 0, sizeof(sv));
 	unsigned long long total = (unsigned long long)sv.f_blocks * sv.f_frsize;
 	unsigned long long avail = (unsigned long long)sv.f_bavail * sv.f_frsize;
+	struct journal_stats js;
+	int jret = journal_status(b.state_dir, mounted ? rec.mountpoint : NULL, &js);
 
 	if (json) {
 		printf("{\"backing\":");
@@ -96,6 +99,13 @@ int cmd_status(int argc, char **argv)
 			printf(",\"pid\":%ld,\"started\":", (long)rec.pid);
 			json_str(rec.started);
 		}
+		if (!jret)
+			printf(",\"journal\":{\"head_lsn\":%llu,\"durable_lsn\":%llu,"
+			       "\"checkpoint_lsn\":%llu,\"segments\":%llu,\"segment_bytes\":%llu,"
+			       "\"error\":%s}",
+			       (unsigned long long)js.head_lsn, (unsigned long long)js.durable_lsn,
+			       (unsigned long long)js.checkpoint_lsn, (unsigned long long)js.segments,
+			       (unsigned long long)js.segment_bytes, js.error ? "true" : "false");
 		printf(",\"disk_bytes\":%llu,\"disk_free_bytes\":%llu}\n", total, avail);
 	} else {
 		printf("backing:     %s\n", b.path);
@@ -108,6 +118,17 @@ int cmd_status(int argc, char **argv)
 			printf("mounted:     no\n");
 		printf("disk:        %.1f GiB free of %.1f GiB\n", avail / 1073741824.0,
 		       total / 1073741824.0);
+		if (jret == -ENOENT)
+			printf("journal:     none yet (made at the first mount)\n");
+		else if (jret)
+			printf("journal:     unreadable: %s\n", strerror(-jret));
+		else
+			printf("journal:     head LSN %llu, durable %llu (%llu bytes behind), checkpoint %llu; "
+			       "%llu segments, %.1f MiB%s\n",
+			       (unsigned long long)js.head_lsn, (unsigned long long)js.durable_lsn,
+			       (unsigned long long)(js.head_lsn - js.durable_lsn),
+			       (unsigned long long)js.checkpoint_lsn, (unsigned long long)js.segments,
+			       js.segment_bytes / 1048576.0, js.error ? "; FAILED, see the log" : "");
 	}
 	mount_record_release(&rec);
 	backing_release(&b);

@@ -26,6 +26,8 @@ static const char usage_text[] =
 	"                                      mount it (also: drfs BACKING MOUNTPOINT -o OPTS)\n"
 	"  umount MOUNTPOINT                   unmount and wait for the daemon to finish\n"
 	"  status MOUNTPOINT|BACKING [--json]  show what drfs knows about a backing directory\n"
+	"  journal dump BACKING [--from LSN] [--to LSN]\n"
+	"                                      print the journal, one line per record\n"
 	"  version                             print the version\n"
 	"\n"
 	"'drfs <command> --help' describes each command.\n";
@@ -152,6 +154,16 @@ void mount_record_run_path(const char *mountpoint, char *buf, size_t len)
 	snprintf(buf, len, "/run/drfs/%016lx.mount", h);
 }
 
+void journal_stats_path(const char *mountpoint, char *buf, size_t len)
+{
+	char *dot;
+
+	mount_record_run_path(mountpoint, buf, len);
+	dot = strrchr(buf, '.');
+	if (dot && (size_t)(dot - buf) + sizeof(".journal") <= len)
+		strcpy(dot, ".journal");
+}
+
 int mount_record_for_mountpoint(const char *mountpoint, struct mount_record *r)
 {
 	char *abs = path_absolute(mountpoint);
@@ -269,7 +281,7 @@ int main(int argc, char **argv)
 		int (*fn)(int, char **);
 	} cmds[] = {
 		{ "init", cmd_init },     { "mount", cmd_mount },   { "umount", cmd_umount },
-		{ "unmount", cmd_umount }, { "status", cmd_status }, { "version", cmd_version },
+		{ "unmount", cmd_umount }, { "status", cmd_status }, { "journal", cmd_journal }, { "version", cmd_version },
 	};
 	const char *base = strrchr(argv[0], '/');
 

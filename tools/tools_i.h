@@ -47,6 +47,8 @@ struct mount_record {
 int mount_record_read(const char *state_dir, struct mount_record *r);
 /* "/run/drfs/HASH.mount" for MOUNTPOINT (absolute) into BUF (64 bytes suffice). */
 void mount_record_run_path(const char *mountpoint, char *buf, size_t len);
+/* /run/drfs/HASH.journal: the mounted journal's counters, rewritten about once a second. */
+void journal_stats_path(const char *mountpoint, char *buf, size_t len);
 int mount_record_for_mountpoint(const char *mountpoint, struct mount_record *r);
 void mount_record_release(struct mount_record *r);
 bool pid_alive(pid_t pid);
@@ -58,5 +60,14 @@ int cmd_mount(int argc, char **argv);
 int cmd_mount_helper(int argc, char **argv);
 int cmd_umount(int argc, char **argv);
 int cmd_status(int argc, char **argv);
+int cmd_journal(int argc, char **argv);
+
+struct journal_stats;
+/*
+ * The journal counters of STATE_DIR: from the running daemon when
+ * MOUNTPOINT is given and mounted, else from the files.  0 or -errno
+ * (-ENOENT: no journal yet).
+ */
+int journal_status(const char *state_dir, const char *mountpoint, struct journal_stats *st);
 
 #endif /* DRFS_TOOLS_I_H */

@@ -1,0 +1,534 @@
+/*
+ * apply.c - applying records to a tree: fids and file handles, the replay
+ * rules of docs/format.md ("Replay"), and journal_replay_dir().
+ *
+ * A fid is turned back into an object with a file handle of the ext2/3/4
+ * layout {u32 ino, u32 gen}; the filesystem checks the generation, so a
+ * fid whose inode number was reused by another file does not resolve.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "../common/common.h"
+#include "journal_i.h"
+
+#define FILEID_INO32_GEN 1
+
+struct fh8 {
+	struct file_handle fh;
+	unsigned char buf[128];
+};
+
+bool apply_handles_supported(int dirfd)
+{
+	struct fh8 h;
+	int mount_id;
+
+	h.fh.handle_bytes = sizeof(h.buf);
+	if (name_to_handle_at(dirfd, "", &h.fh, &mount_id, AT_EMPTY_PATH) < 0)
+		return false;
+	return h.fh.handle_type == FILEID_INO32_GEN && h.fh.handle_bytes == 8;
+}
+
+int apply_fid_of(int dirfd, const char *name, struct jfid *fid)
+{
+	struct fh8 h;
+	uint32_t ino, gen;
+	int mount_id;
+
+	h.fh.handle_bytes = sizeof(h.buf);
+	if (name_to_handle_at(dirfd, name, &h.fh, &mount_id, *name ? 0 : AT_EMPTY_PATH) < 0)
+		return -errno;
+	if (h.fh.handle_type != FILEID_INO32_GEN || h.fh.handle_bytes != 8)
+		return -EOPNOTSUPP;
+	memcpy(&ino, h.fh.f_handle, 4);
+	memcpy(&gen, h.fh.f_handle + 4, 4);
+	fid->ino = ino;
+	fid->gen = gen;
+	return 0;
+}
+
+static bool fid_eq(struct jfid a, struct jfid b)
+{
+	return a.ino == b.ino && a.gen == b.gen;
+}
+
+static bool fid_zero(struct jfid a)
+{
+	return a.ino == 0 && a.gen == 0;
+}
+
+/* ---- fids of objects this replay recreated ---- */
+
+#define MAP_BUCKETS 4096
+
+struct map_ent {
+	struct jfid from, to;
+	struct map_ent *next;
+};
+
+struct replay_map {
+	struct map_ent *b[MAP_BUCKETS];
+};
+
+struct replay_map *replay_map_new(void)
+{
+	return calloc(1, sizeof(struct replay_map));
+}
+
+void replay_map_free(struct replay_map *m)
+{
+	if (!m)
+		return;
+	for (size_t i = 0; i < MAP_BUCKETS; i++)
+		for (struct map_ent *e = m->b[i], *n; e; e = n) {
+			n = e->next;
+			free(e);
+		}
+	free(m);
+}
+
+static size_t map_slot(struct jfid f)
+{
+	return (size_t)((f.ino * 0x9E3779B97F4A7C15ull) ^ f.gen) % MAP_BUCKETS;
+}
+
+static struct jfid map_get(struct replay_map *m, struct jfid f)
+{
+	for (struct map_ent *e = m ? m->b[map_slot(f)] : NULL; e; e = e->next)
+		if (fid_eq(e->from, f))
+			return e->to;
+	return f;
+}
+
+static int map_put(struct replay_map *m, struct jfid from, struct jfid to)
+{
+	struct map_ent *e;
+	size_t s = map_slot(from);
+
+	for (e = m->b[s]; e; e = e->next)
+		if (fid_eq(e->from, from)) {
+			e->to = to;
+			return 0;
+		}
+	e = malloc(sizeof(*e));
+	if (!e)
+		return -ENOMEM;
+	e->from = from;
+	e->to = to;
+	e->next = m->b[s];
+	m->b[s] = e;
+	return 0;
+}
+
+/* An fd for FID with open FLAGS; -ESTALE when the object is gone. */
+static int open_fid(int root_fd, struct replay_map *m, struct jfid fid, int flags)
+{
+	struct fh8 h;
+	uint32_t ino32, gen;
+	int fd;
+
+	fid = map_get(m, fid);
+	if (fid_zero(fid)) {
+		fd = openat(root_fd, ".", flags | O_CLOEXEC);
+		return fd < 0 ? -errno : fd;
+	}
+	if (fid.ino > UINT32_MAX)
+		return -ESTALE;
+	ino32 = (uint32_t)fid.ino;
+	gen = fid.gen;
+	h.fh.handle_type = FILEID_INO32_GEN;
+	h.fh.handle_bytes = 8;
+	memcpy(h.fh.f_handle, &ino32, 4);
+	memcpy(h.fh.f_handle + 4, &gen, 4);
+	fd = open_by_handle_at(root_fd, &h.fh, flags | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ESTALE || errno == ENOENT ? -ESTALE : -errno;
+	return fd;
+}
+
+/*
+ * Whether NAME in DIRFD holds FID (mapped): 1 yes, 0 it holds something
+ * else, -ENOENT nothing.
+ */
+static int name_holds(int dirfd, const char *name, struct replay_map *m, struct jfid fid)
+{
+	struct jfid f;
+	int ret = apply_fid_of(dirfd, name, &f);
+
+	if (ret < 0)
+		return ret;
+	return fid_eq(f, map_get(m, fid));
+}
+
+static void proc_path(char *buf, size_t n, int fd)
+{
+	snprintf(buf, n, "/proc/self/fd/%d", fd);
+}
+
+static char *cstr(const char *s, uint16_t n)
+{
+	char *c = malloc((size_t)n + 1);
+
+	if (c) {
+		memcpy(c, s, n);
+		c[n] = 0;
+	}
+	return c;
+}
+
+static int replay_create(int root_fd, struct replay_map *m, const struct jrec *r)
+{
+	char *name = cstr(r->name, r->name_len), *target = NULL;
+	struct jfid nf;
+	struct stat st;
+	int fd = -1, dfd = -1, ret = 0, tfd;
+
+	if (!name)
+		return -ENOMEM;
+	if (!fid_zero(r->fid) && (tfd = open_fid(root_fd, m, r->fid, O_PATH)) >= 0) {
+		close(tfd);
+		goto out;                       /* exists: applied before */
+	}
+	dfd = open_fid(root_fd, m, r->fid2, O_PATH | O_DIRECTORY);
+	if (dfd < 0) {
+		ret = dfd == -ESTALE ? 0 : dfd;
+		goto out;
+	}
+	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+		goto out;                       /* the name is taken: superseded */
+	switch (r->mode & S_IFMT) {
+	case S_IFREG:
+		fd = openat(dfd, name, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0);
+		ret = fd < 0 ? -errno : 0;
+		break;
+	case S_IFDIR:
+		ret = mkdirat(dfd, name, 0) < 0 ? -errno : 0;
+		break;
+	case S_IFLNK:
+		target = cstr(r->name2, r->name2_len);
+		ret = !target ? -ENOMEM : symlinkat(target, dfd, name) < 0 ? -errno : 0;
+		break;
+	default:
+		ret = mknodat(dfd, name, r->mode & (S_IFMT | 07777), (dev_t)r->rdev) < 0 ? -errno : 0;
+		break;
+	}
+	if (ret)
+		goto out;
+	if (fchownat(dfd, name, r->uid, r->gid, AT_SYMLINK_NOFOLLOW) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	if ((r->mode & S_IFMT) != S_IFLNK) {
+		int pfd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+		char p[40];
+		if (pfd < 0) {
+			ret = -errno;
+			goto out;
+		}
+		proc_path(p, sizeof(p), pfd);
+		ret = chmod(p, r->mode & 07777) < 0 ? -errno : 0;
+		close(pfd);
+		if (ret)
+			goto out;
+	}
+	ret = apply_fid_of(dfd, name, &nf);
+	if (!ret && !fid_zero(r->fid))
+		ret = map_put(m, r->fid, nf);
+	if (!ret)
+		ret = 1;
+out:
+	if (fd >= 0)
+		close(fd);
+	if (dfd >= 0)
+		close(dfd);
+	free(name);
+	free(target);
+	return ret;
+}
+
+static int replay_link(int root_fd, struct replay_map *m, const struct jrec *r)
+{
+	char *name = cstr(r->name, r->name_len);
+	struct stat st;
+	int ofd, dfd = -1, ret = 0;
+
+	if (!name)
+		return -ENOMEM;
+	ofd = open_fid(root_fd, m, r->fid, O_PATH);
+	if (ofd < 0) {
+		free(name);
+		return ofd == -ESTALE ? 0 : ofd;
+	}
+	dfd = open_fid(root_fd, m, r->fid2, O_PATH | O_DIRECTORY);
+	if (dfd < 0)
+		ret = dfd == -ESTALE ? 0 : dfd;
+	else if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+		ret = 0;
+	else
+		ret = linkat(ofd, "", dfd, name, AT_EMPTY_PATH) < 0 ? -errno : 1;
+	close(ofd);
+	if (dfd >= 0)
+		close(dfd);
+	free(name);
+	return ret;
+}
+
+static int replay_unlink(int root_fd, struct replay_map *m, const struct jrec *r)
+{
+	char *name = cstr(r->name, r->name_len);
+	int dfd, ret;
+
+	if (!name)
+		return -ENOMEM;
+	dfd = open_fid(root_fd, m, r->fid2, O_PATH | O_DIRECTORY);
+	if (dfd < 0) {
+		free(name);
+		return dfd == -ESTALE ? 0 : dfd;
+	}
+	ret = name_holds(dfd, name, m, r->fid);
+	if (ret == 1)
+		ret = unlinkat(dfd, name, (r->flags & JR_UNLINK_DIR) ? AT_REMOVEDIR : 0) < 0 ? -errno : 1;
+	else
+		ret = 0;
+	close(dfd);
+	free(name);
+	return ret;
+}
+
+static int replay_rename(int root_fd, struct replay_map *m, const struct jrec *r)
+{
+	char *oname = cstr(r->name, r->name_len), *nname = cstr(r->name2, r->name2_len);
+	int ofd = -1, nfd = -1, ret = 0, t;
+
+	if (!oname || !nname) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	ofd = open_fid(root_fd, m, r->fid, O_PATH | O_DIRECTORY);
+	nfd = ofd < 0 ? -1 : open_fid(root_fd, m, r->fid2, O_PATH | O_DIRECTORY);
+	if (ofd < 0 || nfd < 0) {
+		ret = (ofd < 0 ? ofd : nfd) == -ESTALE ? 0 : (ofd < 0 ? ofd : nfd);
+		goto out;
+	}
+	if (name_holds(ofd, oname, m, r->fid3) != 1)
+		goto out;
+	t = name_holds(nfd, nname, m, r->fid4);
+	if (fid_zero(r->fid4) ? t != -ENOENT : t != 1)
+		goto out;
+	ret = renameat2(ofd, oname, nfd, nname, r->xflags) < 0 ? -errno : 1;
+out:
+	if (ofd >= 0)
+		close(ofd);
+	if (nfd >= 0)
+		close(nfd);
+	free(oname);
+	free(nname);
+	return ret;
+}
+
+static int pwrite_all(int fd, const void *buf, size_t len, off_t off)
+{
+	const char *p = buf;
+
+	while (len) {
+		ssize_t n = pwrite(fd, p, len, off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EIO;
+		p += n;
+		len -= (size_t)n;
+		off += n;
+	}
+	return 0;
+}
+
+static int replay_data(int root_fd, struct replay_map *m, const struct jrec *r)
+{
+	int fd = open_fid(root_fd, m, r->fid, O_WRONLY), ret;
+
+	if (fd < 0)
+		return fd == -ESTALE ? 0 : fd;
+	if (r->type == JR_FALLOCATE)
+		ret = fallocate(fd, (int)r->xflags, (off_t)r->offset, (off_t)r->size) < 0 ? -errno : 1;
+	else
+		ret = pwrite_all(fd, r->data, r->data_len, (off_t)r->offset) ?: 1;
+	close(fd);
+	return ret;
+}
+
+int apply_setattr_fd(int fd, const struct jrec *r)
+{
+	char p[40];
+	struct stat st;
+
+	proc_path(p, sizeof(p), fd);
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if (r->mask & (JA_UID | JA_GID)) {
+		uid_t uid = (r->mask & JA_UID) ? r->uid : (uid_t)-1;
+		gid_t gid = (r->mask & JA_GID) ? r->gid : (gid_t)-1;
+		if (fchownat(fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+			return -errno;
+	}
+	if ((r->mask & JA_MODE) && !S_ISLNK(st.st_mode) && chmod(p, r->mode & 07777) < 0)
+		return -errno;
+	if ((r->mask & JA_SIZE) && truncate(p, (off_t)r->size) < 0)
+		return -errno;
+	if (r->mask & (JA_ATIME | JA_MTIME)) {
+		struct timespec tv[2] = { { .tv_nsec = UTIME_OMIT }, { .tv_nsec = UTIME_OMIT } };
+		if (r->mask & JA_ATIME)
+			tv[0] = r->atime;
+		if (r->mask & JA_MTIME)
+			tv[1] = r->mtime;
+		if (utimensat(fd, "", tv, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0)
+			return -errno;
+	}
+	return 1;
+}
+
+static int replay_xattr(int root_fd, struct replay_map *m, const struct jrec *r)
+{
+	char *name = cstr(r->name, r->name_len), p[40];
+	int fd = open_fid(root_fd, m, r->fid, O_PATH), ret;
+
+	if (fd < 0 || !name) {
+		free(name);
+		if (fd >= 0)
+			close(fd);
+		return fd == -ESTALE ? 0 : fd < 0 ? fd : -ENOMEM;
+	}
+	proc_path(p, sizeof(p), fd);
+	if (r->type == JR_SETXATTR)
+		ret = setxattr(p, name, r->data, r->data_len, 0) < 0 ? -errno : 1;
+	else
+		ret = removexattr(p, name) < 0 ? (errno == ENODATA ? 0 : -errno) : 1;
+	close(fd);
+	free(name);
+	return ret;
+}
+
+int apply_record(int root_fd, struct replay_map *m, const struct jrec *r)
+{
+	int fd, ret;
+
+	switch (r->type) {
+	case JR_CREATE:
+		return replay_create(root_fd, m, r);
+	case JR_LINK:
+		return replay_link(root_fd, m, r);
+	case JR_UNLINK:
+		return replay_unlink(root_fd, m, r);
+	case JR_RENAME:
+		return replay_rename(root_fd, m, r);
+	case JR_WRITE:
+	case JR_COPY:
+	case JR_FALLOCATE:
+		return replay_data(root_fd, m, r);
+	case JR_SETATTR:
+		fd = open_fid(root_fd, m, r->fid, O_PATH | O_NOFOLLOW);
+		if (fd < 0)
+			return fd == -ESTALE ? 0 : fd;
+		ret = apply_setattr_fd(fd, r);
+		close(fd);
+		return ret;
+	case JR_SETXATTR:
+	case JR_REMOVEXATTR:
+		return replay_xattr(root_fd, m, r);
+	default:
+		return 0;       /* ABORT, SEAL, RECOVERED change nothing */
+	}
+}
+
+/* ---- replaying a journal directory ---- */
+
+struct lsn_set {
+	uint64_t *v;
+	size_t n, cap;
+};
+
+static int set_add(struct lsn_set *s, uint64_t x)
+{
+	if (s->n == s->cap) {
+		uint64_t *nv = realloc(s->v, (s->cap = s->cap ? s->cap * 2 : 16) * sizeof(*nv));
+		if (!nv)
+			return -ENOMEM;
+		s->v = nv;
+	}
+	s->v[s->n++] = x;
+	return 0;
+}
+
+static bool set_has(const struct lsn_set *s, uint64_t x)
+{
+	for (size_t i = 0; i < s->n; i++)
+		if (s->v[i] == x)
+			return true;
+	return false;
+}
+
+int journal_replay_dir(const char *dir, int root_fd, uint64_t from, struct replay_result *rr)
+{
+	struct lsn_set aborted = { 0 };
+	struct replay_map *map = replay_map_new();
+	struct jreader *rd = NULL;
+	struct jrec r;
+	mode_t old_mask;
+	int ret;
+
+	memset(rr, 0, sizeof(*rr));
+	rr->from = from;
+	if (!map)
+		return -ENOMEM;
+	/* pass 1: which records were aborted */
+	ret = jreader_open(dir, from, &rd);
+	while (!ret && (ret = jreader_next(rd, &r)) == 1)
+		ret = r.type == JR_ABORT ? set_add(&aborted, r.lsn2) : 0;
+	if (ret < 0)
+		goto out;
+	rr->to = jreader_lsn(rd);
+	if (jreader_stop(rd))
+		snprintf(rr->stop_reason, sizeof(rr->stop_reason), "%s", jreader_stop(rd));
+	jreader_close(rd);
+	rd = NULL;
+
+	/* pass 2: apply */
+	old_mask = umask(0);
+	ret = jreader_open(dir, from, &rd);
+	while (!ret && jreader_lsn(rd) < rr->to && (ret = jreader_next(rd, &r)) == 1) {
+		ret = 0;
+		rr->records++;
+		if (set_has(&aborted, r.lsn)) {
+			rr->skipped++;
+			continue;
+		}
+		ret = apply_record(root_fd, map, &r);
+		if (ret < 0) {
+			log_error("journal replay: record at LSN %" PRIu64 " (%s) could not be applied: %s",
+				  r.lsn, jrec_type_name(r.type), strerror(-ret));
+			break;
+		}
+		if (ret)
+			rr->applied++;
+		else
+			rr->skipped++;
+		ret = 0;
+	}
+	umask(old_mask);
+out:
+	jreader_close(rd);
+	free(aborted.v);
+	replay_map_free(map);
+	return ret < 0 ? ret : 0;
+}

@@ -1,0 +1,1076 @@
+/*
+ * journal.c - the live journal: appending, the journal thread (io_uring,
+ * group commit, segment switching), the checkpoint thread (checkpoints,
+ * recycling, spare segments, counters) and opening/closing.
+ *
+ * Locking: one mutex (j->lock) protects the queue, the LSN counters, the
+ * segment list, holds and the error.  The journal thread owns the current
+ * segment fd and the ring; the checkpoint thread owns spare preparation.
+ * No system call that waits for the disk runs under the mutex.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <liburing.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../common/common.h"
+#include "journal_i.h"
+
+#define SEAL_LEN JREC_HEADER
+#define NSLOTS 256
+#define NHOLDS 16
+#define SPARES_WANTED 1
+#define SPARES_KEPT 2
+#define RUN_IOV 256
+#define RING_DEPTH 64
+
+struct qrec {
+	struct qrec *next;
+	uint64_t lsn;
+	uint32_t len;
+	uint16_t type;
+	const void *data;          /* borrowed data (WRITE/COPY), else NULL */
+	size_t data_len, head_len;
+	unsigned char buf[];       /* head_len encoded bytes */
+};
+
+struct hold {
+	bool used;
+	char name[32];
+	uint64_t lsn;
+};
+
+struct journal {
+	struct journal_config cfg;
+	char *dir;
+	int dirfd;
+	uint32_t timeline;
+	uint64_t seg_size;
+
+	pthread_mutex_t lock;
+	pthread_cond_t work, durable_cv, space_cv, tick;
+	struct qrec *qhead, **qtail;
+	uint64_t queued_bytes;
+	uint64_t head, written, durable, checkpoint;
+	uint64_t seg_first, seg_end;   /* producers' view of the current segment */
+	uint64_t seg_started_ns;
+	int error;
+	unsigned waiters;
+	bool stop, want_spare;
+	struct jseg *segs;             /* in use, sorted */
+	size_t nseg, segcap;
+	unsigned spares, spare_seq;
+	struct hold holds[NHOLDS];
+	uint64_t flushes, records, writes_done, flushes_done;
+	uint64_t last_flush_ns;
+
+	/* journal thread */
+	int cur_fd;
+	uint64_t cur_first;
+	struct io_uring ring;
+	struct iovec *iov;
+	size_t iovcap;
+
+	pthread_mutex_t ckpt_lock;     /* one checkpoint at a time */
+	struct jsuper sb;
+	pthread_t jthread, cthread;
+	bool threads, ring_ok, recovered;
+	struct replay_result rr;
+
+	_Atomic uint64_t slots[NSLOTS];
+	atomic_uint nslots;
+};
+
+static __thread int slot_index = -1;
+static const unsigned char zeros[8];
+
+static uint64_t now_ns(int clock)
+{
+	struct timespec ts;
+
+	clock_gettime(clock, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Caller holds j->lock.  Records the first error and wakes everyone. */
+static void fail_locked(struct journal *j, int err, const char *what, const char *obj)
+{
+	if (j->error)
+		return;
+	j->error = err;
+	log_error("journal: %s %s/%s failed: %s; nothing more is acknowledged, "
+		  "unmount and mount again after fixing the cause",
+		  what, j->dir, obj, strerror(-err));
+	pthread_cond_broadcast(&j->durable_cv);
+	pthread_cond_broadcast(&j->space_cv);
+	pthread_cond_broadcast(&j->work);
+}
+
+static void fail(struct journal *j, int err, const char *what, const char *obj)
+{
+	pthread_mutex_lock(&j->lock);
+	fail_locked(j, err, what, obj);
+	pthread_mutex_unlock(&j->lock);
+}
+
+/* ---- appending ---- */
+
+static void enqueue_locked(struct journal *j, struct qrec *q)
+{
+	q->next = NULL;
+	*j->qtail = q;
+	j->qtail = &q->next;
+	j->queued_bytes += q->len;
+	j->head += q->len;
+	j->records++;
+	pthread_cond_signal(&j->work);
+}
+
+/* Caller holds j->lock.  Ends the current segment with a SEAL. */
+static int seal_locked(struct journal *j)
+{
+	struct jrec r = { .type = JR_SEAL, .lsn = j->head, .time_ns = now_ns(CLOCK_REALTIME) };
+	struct qrec *q = malloc(sizeof(*q) + SEAL_LEN);
+
+	if (!q)
+		return -ENOMEM;
+	q->lsn = j->head;
+	q->len = SEAL_LEN;
+	q->type = JR_SEAL;
+	q->data = NULL;
+	q->data_len = 0;
+	q->head_len = SEAL_LEN;
+	jrec_encode(&r, q->buf);
+	enqueue_locked(j, q);
+	j->seg_first = j->head;
+	j->seg_end = j->head + j->seg_size - JSEG_HEADER;
+	j->seg_started_ns = now_ns(CLOCK_MONOTONIC);
+	return 0;
+}
+
+uint64_t journal_append(struct journal *j, struct jrec *r, bool borrow, int *err)
+{
+	size_t len, head_len;
+	struct qrec *q;
+	uint64_t end;
+
+	r->lsn = 0;
+	r->time_ns = now_ns(CLOCK_REALTIME);
+	borrow = borrow && (r->type == JR_WRITE || r->type == JR_COPY);
+	len = jrec_size(r);
+	if (!len || len + SEAL_LEN > j->seg_size - JSEG_HEADER) {
+		*err = -EINVAL;
+		return 0;
+	}
+	q = malloc(sizeof(*q) + (borrow ? JREC_HEADER + 64 : len));
+	if (!q) {
+		*err = -ENOMEM;
+		return 0;
+	}
+	q->len = (uint32_t)len;
+	q->type = r->type;
+	if (borrow) {
+		jrec_encode_head(r, q->buf, &head_len);
+		q->head_len = head_len;
+		q->data = r->data;
+		q->data_len = r->data_len;
+	} else {
+		jrec_encode(r, q->buf);
+		q->head_len = len;
+		q->data = NULL;
+		q->data_len = 0;
+	}
+
+	pthread_mutex_lock(&j->lock);
+	while (!j->error && j->queued_bytes && j->queued_bytes + len > j->cfg.queue_limit)
+		pthread_cond_wait(&j->space_cv, &j->lock);
+	if (!j->error && j->head + len + SEAL_LEN > j->seg_end)
+		*err = seal_locked(j);
+	else
+		*err = 0;
+	if (j->error || *err) {
+		if (!*err)
+			*err = j->error;
+		pthread_mutex_unlock(&j->lock);
+		free(q);
+		return 0;
+	}
+	q->lsn = r->lsn = j->head;
+	jrec_set_lsn(q->buf, q->lsn);
+	enqueue_locked(j, q);
+	end = j->head;
+	pthread_mutex_unlock(&j->lock);
+	return end;
+}
+
+int journal_wait(struct journal *j, uint64_t lsn)
+{
+	int ret;
+
+	pthread_mutex_lock(&j->lock);
+	if (j->durable < lsn && !j->error) {
+		j->waiters++;
+		pthread_cond_signal(&j->work);
+		while (j->durable < lsn && !j->error)
+			pthread_cond_wait(&j->durable_cv, &j->lock);
+		j->waiters--;
+	}
+	ret = j->durable >= lsn ? 0 : (j->error ? -EIO : 0);
+	pthread_mutex_unlock(&j->lock);
+	return ret;
+}
+
+uint64_t journal_head(struct journal *j)
+{
+	uint64_t h;
+
+	pthread_mutex_lock(&j->lock);
+	h = j->head;
+	pthread_mutex_unlock(&j->lock);
+	return h;
+}
+
+void journal_apply_begin(struct journal *j)
+{
+	if (slot_index < 0) {
+		unsigned i = atomic_fetch_add(&j->nslots, 1);
+		if (i >= NSLOTS) {
+			log_error("journal: more than %d threads append; raise NSLOTS", NSLOTS);
+			abort();
+		}
+		slot_index = (int)i;
+	}
+	pthread_mutex_lock(&j->lock);
+	atomic_store(&j->slots[slot_index], j->head);
+	pthread_mutex_unlock(&j->lock);
+}
+
+void journal_apply_end(struct journal *j)
+{
+	atomic_store(&j->slots[slot_index], UINT64_MAX);
+}
+
+/* ---- the journal thread ---- */
+
+static bool fault(unsigned *at, uint64_t count)
+{
+	return *at && count == *at;
+}
+
+/* Waits for N completions; returns the first error, or -EAGAIN on a short write. */
+static int reap(struct journal *j, unsigned n, const size_t *want)
+{
+	int ret = 0;
+
+	for (unsigned i = 0; i < n; i++) {
+		struct io_uring_cqe *cqe;
+		int r = io_uring_wait_cqe(&j->ring, &cqe);
+		if (r < 0)
+			return r;
+		if (!ret) {
+			if (cqe->res < 0)
+				ret = cqe->res;
+			else if (want[cqe->user_data] != SIZE_MAX && (size_t)cqe->res != want[cqe->user_data])
+				ret = -EAGAIN;
+		}
+		io_uring_cqe_seen(&j->ring, cqe);
+	}
+	return ret;
+}
+
+/* Synchronous fallback for a short write: writes IOV[0..N) at OFF in full. */
+static int write_sync(int fd, struct iovec *iov, int n, off_t off)
+{
+	for (int i = 0; i < n; i++) {
+		const char *p = iov[i].iov_base;
+		size_t left = iov[i].iov_len;
+		while (left) {
+			ssize_t w = pwrite(fd, p, left, off);
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0)
+				return w < 0 ? -errno : -EIO;
+			p += w;
+			left -= (size_t)w;
+			off += w;
+		}
+	}
+	return 0;
+}
+
+#define GROUP_SQES 32
+
+/*
+ * Writes IOV (N entries, contiguous bytes starting at file offset OFF) to
+ * the current segment, then flushes it when FLUSH.  Writes go in groups of
+ * GROUP_SQES writev submissions; the flush is linked behind the last group.
+ * 0 or -errno.
+ */
+static int write_and_flush(struct journal *j, int n, off_t off, bool flush)
+{
+	size_t want[GROUP_SQES + 1];
+	off_t pos = off;
+	int i = 0, ret = 0;
+
+	do {
+		unsigned sq = 0;
+
+		while (i < n && sq < GROUP_SQES) {
+			int cnt = n - i < RUN_IOV ? n - i : RUN_IOV;
+			struct io_uring_sqe *sqe = io_uring_get_sqe(&j->ring);
+			size_t bytes = 0;
+
+			for (int k = 0; k < cnt; k++)
+				bytes += j->iov[i + k].iov_len;
+			io_uring_prep_writev(sqe, j->cur_fd, j->iov + i, (unsigned)cnt, (uint64_t)pos);
+			sqe->user_data = sq;
+			want[sq++] = bytes;
+			pos += (off_t)bytes;
+			i += cnt;
+		}
+		if (flush && i >= n) {
+			/* IO_DRAIN: the flush starts once every write before it is done */
+			struct io_uring_sqe *sqe = io_uring_get_sqe(&j->ring);
+			io_uring_prep_fsync(sqe, j->cur_fd, IORING_FSYNC_DATASYNC);
+			io_uring_sqe_set_flags(sqe, IOSQE_IO_DRAIN);
+			sqe->user_data = sq;
+			want[sq++] = SIZE_MAX;
+		}
+		if (!sq)
+			break;
+		ret = io_uring_submit(&j->ring);
+		if (ret >= 0)
+			ret = reap(j, sq, want);
+	} while (!ret && i < n);
+	if (n && fault(&j->cfg.fail_write_at, ++j->writes_done))
+		ret = -EIO;
+	if (ret == -EAGAIN) {
+		/* a short write: finish the plain way */
+		ret = write_sync(j->cur_fd, j->iov, n, off);
+		if (!ret && flush && fdatasync(j->cur_fd) < 0)
+			ret = -errno;
+	}
+	if (!ret && flush) {
+		if (fault(&j->cfg.fail_flush_at, ++j->flushes_done))
+			ret = -EIO;
+		else
+			j->flushes++;
+	}
+	return ret;
+}
+
+/* Takes a spare (or makes a new file) and makes it segment FIRST.  0 or -errno. */
+static int switch_segment(struct journal *j, uint64_t first)
+{
+	unsigned char h[JSEG_HEADER];
+	char spare[40], name[40];
+	struct jseg seg;
+	int fd, ret = 0;
+	bool have;
+
+	jseg_name(name, j->timeline, first);
+	pthread_mutex_lock(&j->lock);
+	have = j->spares > 0;
+	if (have)
+		snprintf(spare, sizeof(spare), "spare-%u.seg", --j->spares);
+	j->want_spare = true;
+	pthread_cond_broadcast(&j->tick);
+	pthread_mutex_unlock(&j->lock);
+	if (have) {
+		if (renameat(j->dirfd, spare, j->dirfd, name) < 0)
+			return -errno;
+		fd = openat(j->dirfd, name, O_WRONLY | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+		jseg_header(h, j->timeline, first, j->seg_size);
+		if (pwrite(fd, h, JSEG_HEADER, 0) != JSEG_HEADER || fdatasync(fd) < 0 ||
+		    fsync(j->dirfd) < 0)
+			ret = errno ? -errno : -EIO;
+	} else {
+		log_info("journal: no spare segment ready, writing %s in place", name);
+		ret = jseg_create(j->dirfd, name, j->timeline, first, j->seg_size);
+		fd = ret ? -1 : openat(j->dirfd, name, O_WRONLY | O_CLOEXEC);
+		if (!ret && (fd < 0 || fsync(j->dirfd) < 0))
+			ret = -errno;
+	}
+	if (ret) {
+		if (fd >= 0)
+			close(fd);
+		return ret;
+	}
+	if (j->cur_fd >= 0)
+		close(j->cur_fd);
+	j->cur_fd = fd;
+	j->cur_first = first;
+	seg.first_lsn = first;
+	seg.timeline = j->timeline;
+	memcpy(seg.name, name, sizeof(seg.name));
+	pthread_mutex_lock(&j->lock);
+	if (j->nseg == j->segcap) {
+		struct jseg *ns = realloc(j->segs, (j->segcap = j->segcap * 2 + 8) * sizeof(*ns));
+		if (!ns) {
+			pthread_mutex_unlock(&j->lock);
+			return -ENOMEM;
+		}
+		j->segs = ns;
+	}
+	j->segs[j->nseg++] = seg;
+	pthread_mutex_unlock(&j->lock);
+	return 0;
+}
+
+static int iov_push(struct journal *j, int *n, const void *p, size_t len)
+{
+	if (!len)
+		return 0;
+	if ((size_t)*n == j->iovcap) {
+		struct iovec *ni = realloc(j->iov, (j->iovcap = j->iovcap * 2 + 64) * sizeof(*ni));
+		if (!ni)
+			return -ENOMEM;
+		j->iov = ni;
+	}
+	j->iov[*n].iov_base = (void *)p;
+	j->iov[*n].iov_len = len;
+	(*n)++;
+	return 0;
+}
+
+/*
+ * Writes the records of list Q (in LSN order) to the segment files,
+ * flushing at every segment switch and at the end when FLUSH.  Returns 0
+ * or -errno; *FLUSHED says whether everything written is now durable.
+ */
+static int write_batch(struct journal *j, struct qrec *q, bool flush, bool *flushed)
+{
+	int n = 0, ret = 0;
+	off_t off = 0;
+
+	*flushed = false;
+	while (q && !ret) {
+		struct qrec *next = q->next;
+		if (!n)
+			off = (off_t)(JSEG_HEADER + (q->lsn - j->cur_first));
+		ret = iov_push(j, &n, q->buf, q->head_len);
+		if (!ret)
+			ret = iov_push(j, &n, q->data, q->data_len);
+		if (!ret)
+			ret = iov_push(j, &n, zeros, q->len - q->head_len - q->data_len);
+		if (ret)
+			break;
+		if (q->type == JR_SEAL) {
+			ret = write_and_flush(j, n, off, true);
+			n = 0;
+			if (!ret)
+				ret = switch_segment(j, q->lsn + q->len);
+			if (ret)
+				break;
+		}
+		q = next;
+	}
+	if (!ret && (n || flush)) {
+		ret = write_and_flush(j, n, off, flush);
+		*flushed = flush;
+	}
+	return ret;
+}
+
+static void free_list(struct qrec *q)
+{
+	while (q) {
+		struct qrec *next = q->next;
+		free(q);
+		q = next;
+	}
+}
+
+static void *journal_thread(void *arg)
+{
+	struct journal *j = arg;
+	uint64_t interval = (uint64_t)j->cfg.flush_interval_ms * 1000000ull;
+
+	pthread_mutex_lock(&j->lock);
+	for (;;) {
+		uint64_t now = now_ns(CLOCK_MONOTONIC), end, bytes;
+		bool flush, flushed, due;
+		struct qrec *batch;
+		int ret;
+
+		due = j->written > j->durable && now - j->last_flush_ns >= interval;
+		if (!j->error && !j->qhead && j->head > j->seg_first && j->cfg.seal_age_ms &&
+		    now - j->seg_started_ns >= (uint64_t)j->cfg.seal_age_ms * 1000000ull)
+			seal_locked(j);
+		if (j->error) {
+			batch = j->qhead;
+			j->qhead = NULL;
+			j->qtail = &j->qhead;
+			j->queued_bytes = 0;
+			pthread_cond_broadcast(&j->space_cv);
+			pthread_mutex_unlock(&j->lock);
+			free_list(batch);
+			pthread_mutex_lock(&j->lock);
+			if (j->stop)
+				break;
+			pthread_cond_wait(&j->work, &j->lock);
+			continue;
+		}
+		if (!j->qhead && !(j->waiters && j->written > j->durable) && !due) {
+			if (j->stop)
+				break;
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 50 * 1000000L;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&j->work, &j->lock, &ts);
+			continue;
+		}
+		batch = j->qhead;
+		j->qhead = NULL;
+		j->qtail = &j->qhead;
+		end = j->head;
+		bytes = 0;
+		for (struct qrec *q = batch; q; q = q->next)
+			bytes += q->len;
+		flush = j->waiters > 0 || due || j->stop;
+		pthread_mutex_unlock(&j->lock);
+
+		ret = write_batch(j, batch, flush, &flushed);
+		free_list(batch);
+
+		pthread_mutex_lock(&j->lock);
+		j->queued_bytes -= bytes;
+		pthread_cond_broadcast(&j->space_cv);
+		if (ret) {
+			char name[40];
+			jseg_name(name, j->timeline, j->cur_first);
+			fail_locked(j, ret, flush ? "writing or flushing" : "writing", name);
+			continue;
+		}
+		j->written = end;
+		if (flushed) {
+			j->durable = end;
+			j->last_flush_ns = now_ns(CLOCK_MONOTONIC);
+			pthread_cond_broadcast(&j->durable_cv);
+		}
+	}
+	pthread_mutex_unlock(&j->lock);
+	return NULL;
+}
+
+/* ---- checkpoints, recycling, spares, counters ---- */
+
+static int write_super(struct journal *j, uint64_t lsn, uint32_t flags)
+{
+	struct jsuper sb = j->sb;
+	int ret;
+
+	sb.seq++;
+	sb.checkpoint_lsn = lsn;
+	sb.flags = flags;
+	sb.time_ns = now_ns(CLOCK_REALTIME);
+	boot_id(sb.boot_id);
+	ret = jsuper_write(j->dirfd, &sb);
+	if (!ret)
+		j->sb = sb;
+	return ret;
+}
+
+static int checkpoint_to(struct journal *j, uint64_t lsn, uint32_t flags)
+{
+	int ret = journal_wait(j, lsn);
+
+	if (ret)
+		return ret;
+	if (syncfs(j->cfg.backing_fd) < 0) {
+		ret = -errno;
+		fail(j, ret, "syncfs of the backing tree for a checkpoint at", "super");
+		return ret;
+	}
+	ret = write_super(j, lsn, flags);
+	if (ret) {
+		fail(j, ret, "writing the checkpoint", "super");
+		return ret;
+	}
+	pthread_mutex_lock(&j->lock);
+	if (lsn > j->checkpoint)
+		j->checkpoint = lsn;
+	pthread_mutex_unlock(&j->lock);
+	return 0;
+}
+
+int journal_checkpoint(struct journal *j)
+{
+	uint64_t frontier;
+	int ret;
+
+	pthread_mutex_lock(&j->ckpt_lock);
+	pthread_mutex_lock(&j->lock);
+	frontier = j->head;
+	for (unsigned i = 0; i < NSLOTS && i < atomic_load(&j->nslots); i++) {
+		uint64_t s = atomic_load(&j->slots[i]);
+		if (s < frontier)
+			frontier = s;
+	}
+	pthread_mutex_unlock(&j->lock);
+	ret = checkpoint_to(j, frontier, 0);
+	pthread_mutex_unlock(&j->ckpt_lock);
+	return ret;
+}
+
+/* Recycles segments that every reader is done with. */
+static void recycle(struct journal *j)
+{
+	for (;;) {
+		uint64_t limit;
+		char name[40], spare[40];
+		bool keep;
+
+		pthread_mutex_lock(&j->lock);
+		limit = j->checkpoint;
+		for (int i = 0; i < NHOLDS; i++)
+			if (j->holds[i].used && j->holds[i].lsn < limit)
+				limit = j->holds[i].lsn;
+		if (j->nseg < 2 || j->segs[1].first_lsn > limit) {
+			pthread_mutex_unlock(&j->lock);
+			return;
+		}
+		memcpy(name, j->segs[0].name, sizeof(name));
+		memmove(j->segs, j->segs + 1, (j->nseg - 1) * sizeof(*j->segs));
+		j->nseg--;
+		keep = j->spares < SPARES_KEPT;
+		if (keep)
+			snprintf(spare, sizeof(spare), "spare-%u.seg", j->spares);
+		pthread_mutex_unlock(&j->lock);
+		if (keep && renameat(j->dirfd, name, j->dirfd, spare) == 0) {
+			pthread_mutex_lock(&j->lock);
+			j->spares++;
+			pthread_mutex_unlock(&j->lock);
+		} else {
+			unlinkat(j->dirfd, name, 0);
+		}
+		fsync(j->dirfd);
+	}
+}
+
+static void make_spare(struct journal *j)
+{
+	char spare[40];
+	int ret;
+
+	pthread_mutex_lock(&j->lock);
+	if (j->spares >= SPARES_WANTED || j->error) {
+		j->want_spare = false;
+		pthread_mutex_unlock(&j->lock);
+		return;
+	}
+	pthread_mutex_unlock(&j->lock);
+	unlinkat(j->dirfd, "spare.tmp", 0);
+	ret = jseg_create(j->dirfd, "spare.tmp", j->timeline, UINT64_MAX, j->seg_size);
+	pthread_mutex_lock(&j->lock);
+	snprintf(spare, sizeof(spare), "spare-%u.seg", j->spares);
+	pthread_mutex_unlock(&j->lock);
+	if (!ret && renameat(j->dirfd, "spare.tmp", j->dirfd, spare) == 0 && fsync(j->dirfd) == 0) {
+		pthread_mutex_lock(&j->lock);
+		j->spares++;
+		j->want_spare = j->spares < SPARES_WANTED;
+		pthread_mutex_unlock(&j->lock);
+	} else {
+		log_warn("journal: cannot prepare a spare segment in %s: %s", j->dir,
+			 strerror(ret ? -ret : errno));
+	}
+}
+
+static void write_stats(struct journal *j)
+{
+	struct journal_stats st;
+	char tmp[4200], text[600];
+	int fd, n;
+
+	if (!j->cfg.stats_path)
+		return;
+	journal_get_stats(j, &st);
+	n = snprintf(text, sizeof(text),
+		     "head=%" PRIu64 "\nwritten=%" PRIu64 "\ndurable=%" PRIu64
+		     "\ncheckpoint=%" PRIu64 "\nsegments=%" PRIu64 "\nsegment_bytes=%" PRIu64
+		     "\nflushes=%" PRIu64 "\nrecords=%" PRIu64 "\nerror=%s\n",
+		     st.head_lsn, st.written_lsn, st.durable_lsn, st.checkpoint_lsn, st.segments,
+		     st.segment_bytes, st.flushes, st.records, st.error ? strerror(-st.error) : "none");
+	snprintf(tmp, sizeof(tmp), "%s.tmp", j->cfg.stats_path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return;
+	if (write_all(fd, text, (size_t)n) == 0)
+		rename(tmp, j->cfg.stats_path);
+	close(fd);
+}
+
+static void *checkpoint_thread(void *arg)
+{
+	struct journal *j = arg;
+	uint64_t last = now_ns(CLOCK_MONOTONIC);
+	uint64_t interval = (uint64_t)j->cfg.checkpoint_interval_ms * 1000000ull;
+
+	for (;;) {
+		struct timespec ts;
+		bool stop, want_spare, due;
+
+		pthread_mutex_lock(&j->lock);
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += 1;
+		if (!j->stop && !j->want_spare)
+			pthread_cond_timedwait(&j->tick, &j->lock, &ts);
+		stop = j->stop;
+		want_spare = j->want_spare;
+		due = !j->error && (now_ns(CLOCK_MONOTONIC) - last >= interval ||
+				    j->head - j->checkpoint >= j->cfg.checkpoint_bytes);
+		pthread_mutex_unlock(&j->lock);
+		if (stop)
+			break;
+		if (due) {
+			journal_checkpoint(j);
+			last = now_ns(CLOCK_MONOTONIC);
+			recycle(j);
+		}
+		if (want_spare)
+			make_spare(j);
+		write_stats(j);
+	}
+	return NULL;
+}
+
+/* ---- holds and counters ---- */
+
+int journal_hold(struct journal *j, const char *name, uint64_t lsn)
+{
+	int id = -ENOSPC;
+
+	pthread_mutex_lock(&j->lock);
+	for (int i = 0; i < NHOLDS; i++)
+		if (!j->holds[i].used) {
+			j->holds[i].used = true;
+			j->holds[i].lsn = lsn;
+			snprintf(j->holds[i].name, sizeof(j->holds[i].name), "%s", name);
+			id = i;
+			break;
+		}
+	pthread_mutex_unlock(&j->lock);
+	return id;
+}
+
+void journal_release(struct journal *j, int id, uint64_t lsn)
+{
+	if (id < 0 || id >= NHOLDS)
+		return;
+	pthread_mutex_lock(&j->lock);
+	if (lsn == UINT64_MAX)
+		j->holds[id].used = false;
+	else
+		j->holds[id].lsn = lsn;
+	pthread_mutex_unlock(&j->lock);
+}
+
+void journal_get_stats(struct journal *j, struct journal_stats *st)
+{
+	pthread_mutex_lock(&j->lock);
+	st->head_lsn = j->head;
+	st->written_lsn = j->written;
+	st->durable_lsn = j->durable;
+	st->checkpoint_lsn = j->checkpoint;
+	st->segments = j->nseg;
+	st->segment_bytes = j->nseg * j->seg_size;
+	st->flushes = j->flushes;
+	st->records = j->records;
+	st->error = j->error;
+	pthread_mutex_unlock(&j->lock);
+}
+
+/* ---- open and close ---- */
+
+static void free_journal(struct journal *j)
+{
+	if (j->cur_fd >= 0)
+		close(j->cur_fd);
+	if (j->dirfd >= 0)
+		close(j->dirfd);
+	if (j->ring_ok)
+		io_uring_queue_exit(&j->ring);
+	free(j->segs);
+	free(j->iov);
+	free(j->dir);
+	pthread_mutex_destroy(&j->lock);
+	pthread_mutex_destroy(&j->ckpt_lock);
+	pthread_cond_destroy(&j->work);
+	pthread_cond_destroy(&j->durable_cv);
+	pthread_cond_destroy(&j->space_cv);
+	pthread_cond_destroy(&j->tick);
+	free(j);
+}
+
+/* Counts usable spares (right size) and removes the rest. */
+static void scan_spares(struct journal *j)
+{
+	char name[40];
+	struct stat st;
+
+	unlinkat(j->dirfd, "spare.tmp", 0);
+	j->spares = 0;
+	for (unsigned i = 0; i < 8; i++) {
+		snprintf(name, sizeof(name), "spare-%u.seg", i);
+		if (fstatat(j->dirfd, name, &st, 0) < 0)
+			continue;
+		if ((uint64_t)st.st_size == j->seg_size && i == j->spares) {
+			j->spares++;
+		} else if ((uint64_t)st.st_size == j->seg_size) {
+			char to[40];
+			snprintf(to, sizeof(to), "spare-%u.seg", j->spares);
+			if (renameat(j->dirfd, name, j->dirfd, to) == 0)
+				j->spares++;
+		} else {
+			unlinkat(j->dirfd, name, 0);
+		}
+	}
+}
+
+/*
+ * Finds the end of the valid log from the checkpoint and puts the journal
+ * thread's state there.  After an unclean stop the segment is sealed at the
+ * end (stale bytes after it are never read) and a new one begins.
+ */
+static int position_at_end(struct journal *j, bool seal)
+{
+	struct jreader *rd;
+	struct jrec r;
+	uint64_t end;
+	bool sealed;
+	size_t i;
+	int ret;
+
+	ret = jreader_open(j->dir, j->sb.checkpoint_lsn, &rd);
+	if (ret)
+		return ret;
+	while ((ret = jreader_next(rd, &r)) == 1)
+		;
+	end = jreader_lsn(rd);
+	sealed = jreader_sealed(rd);
+	jreader_close(rd);
+	if (ret < 0)
+		return ret;
+	ret = jseg_list(j->dirfd, &j->segs, &j->nseg);
+	if (ret)
+		return ret;
+	j->segcap = j->nseg;
+	if (!j->nseg)
+		return -ENOENT;
+	for (i = 0; i + 1 < j->nseg && j->segs[i + 1].first_lsn <= end; i++)
+		;
+	/* segments after the end (never reached) are dropped */
+	for (size_t k = i + 1; k < j->nseg; k++)
+		unlinkat(j->dirfd, j->segs[k].name, 0);
+	j->nseg = i + 1;
+	j->head = j->written = j->durable = end;
+	j->checkpoint = j->sb.checkpoint_lsn;
+	if (sealed && j->segs[i].first_lsn < end) {
+		/* sealed and the next segment was never made */
+		j->nseg--;
+		j->cur_fd = -1;
+		j->seg_first = end;
+		j->seg_end = end + j->seg_size - JSEG_HEADER;
+		return switch_segment(j, end);
+	}
+	j->cur_first = j->segs[i].first_lsn;
+	j->cur_fd = openat(j->dirfd, j->segs[i].name, O_WRONLY | O_CLOEXEC);
+	if (j->cur_fd < 0)
+		return -errno;
+	j->seg_first = j->cur_first;
+	j->seg_end = j->cur_first + j->seg_size - JSEG_HEADER;
+	if (seal) {
+		unsigned char b[SEAL_LEN];
+		struct jrec s = { .type = JR_SEAL, .lsn = end, .time_ns = now_ns(CLOCK_REALTIME) };
+		jrec_encode(&s, b);
+		if (pwrite(j->cur_fd, b, SEAL_LEN, (off_t)(JSEG_HEADER + end - j->cur_first)) != SEAL_LEN ||
+		    fdatasync(j->cur_fd) < 0)
+			return errno ? -errno : -EIO;
+		end += SEAL_LEN;
+		j->head = j->written = j->durable = end;
+		j->seg_first = end;
+		j->seg_end = end + j->seg_size - JSEG_HEADER;
+		return switch_segment(j, end);
+	}
+	return 0;
+}
+
+int journal_open(const struct journal_config *cfg, struct journal **out,
+		 struct replay_result *rr)
+{
+	struct replay_result local;
+	struct journal *j = calloc(1, sizeof(*j));
+	bool clean;
+	int ret;
+
+	if (!rr)
+		rr = &local;
+	memset(rr, 0, sizeof(*rr));
+	if (!j)
+		return -ENOMEM;
+	j->cfg = *cfg;
+	if (!j->cfg.flush_interval_ms)
+		j->cfg.flush_interval_ms = 200;
+	if (!j->cfg.seal_age_ms)
+		j->cfg.seal_age_ms = 60000;
+	if (!j->cfg.checkpoint_interval_ms)
+		j->cfg.checkpoint_interval_ms = 30000;
+	if (!j->cfg.queue_limit)
+		j->cfg.queue_limit = 64ull << 20;
+	j->dirfd = -1;
+	j->cur_fd = -1;
+	j->qtail = &j->qhead;
+	pthread_mutex_init(&j->lock, NULL);
+	pthread_mutex_init(&j->ckpt_lock, NULL);
+	pthread_cond_init(&j->work, NULL);
+	pthread_cond_init(&j->durable_cv, NULL);
+	pthread_cond_init(&j->space_cv, NULL);
+	pthread_cond_init(&j->tick, NULL);
+	for (int i = 0; i < NSLOTS; i++)
+		atomic_init(&j->slots[i], UINT64_MAX);
+	j->dir = strdup(cfg->dir);
+	j->dirfd = open(cfg->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (!j->dir || j->dirfd < 0) {
+		ret = -errno;
+		log_error("journal: cannot open %s: %s", cfg->dir, strerror(-ret));
+		goto fail;
+	}
+	ret = jsuper_read(cfg->dir, &j->sb);
+	if (ret) {
+		log_error("journal: %s/super: %s; the journal cannot be trusted, run drfs journal dump",
+			  cfg->dir, ret == -EBADMSG ? "no valid superblock slot" : strerror(-ret));
+		goto fail;
+	}
+	j->timeline = j->sb.timeline;
+	j->seg_size = j->sb.segment_size;
+	if (!j->cfg.checkpoint_bytes)
+		j->cfg.checkpoint_bytes = 2 * j->seg_size;
+	if (!apply_handles_supported(cfg->backing_fd)) {
+		ret = -EOPNOTSUPP;
+		log_error("journal: the backing filesystem does not give out {inode, generation} "
+			  "file handles (ext4 does); the journal cannot find files again after a crash");
+		goto fail;
+	}
+	clean = j->sb.flags & JSUPER_CLEAN;
+	if (!clean) {
+		unsigned char id[16];
+		ret = journal_replay_dir(cfg->dir, cfg->backing_fd, j->sb.checkpoint_lsn, rr);
+		if (ret)
+			goto fail;
+		rr->unclean = true;
+		boot_id(id);
+		rr->reboot = memcmp(id, j->sb.boot_id, 16) != 0;
+	}
+	scan_spares(j);
+	ret = position_at_end(j, !clean);
+	if (ret) {
+		log_error("journal: cannot continue the log in %s: %s", cfg->dir, strerror(-ret));
+		goto fail;
+	}
+	j->seg_started_ns = j->last_flush_ns = now_ns(CLOCK_MONOTONIC);
+	if (!clean) {
+		/* the tree holds everything replayed: make it durable before going on */
+		if (syncfs(cfg->backing_fd) < 0) {
+			ret = -errno;
+			log_error("journal: syncfs of %s after replay: %s", cfg->dir, strerror(-ret));
+			goto fail;
+		}
+	}
+	/* from now on a crash is an unclean stop */
+	ret = write_super(j, j->head, 0);
+	if (ret) {
+		log_error("journal: cannot write %s/super: %s", cfg->dir, strerror(-ret));
+		goto fail;
+	}
+	j->checkpoint = j->head;
+	j->recovered = !clean;
+	j->rr = *rr;
+	*out = j;
+	return 0;
+fail:
+	free_journal(j);
+	return ret;
+}
+
+int journal_start(struct journal *j)
+{
+	int ret = io_uring_queue_init(RING_DEPTH, &j->ring, 0);
+
+	if (ret < 0) {
+		log_error("journal: cannot set up io_uring: %s", strerror(-ret));
+		return ret;
+	}
+	j->ring_ok = true;
+	if (pthread_create(&j->jthread, NULL, journal_thread, j))
+		return -EAGAIN;
+	if (pthread_create(&j->cthread, NULL, checkpoint_thread, j)) {
+		pthread_mutex_lock(&j->lock);
+		j->stop = true;
+		pthread_cond_broadcast(&j->work);
+		pthread_mutex_unlock(&j->lock);
+		pthread_join(j->jthread, NULL);
+		j->stop = false;
+		return -EAGAIN;
+	}
+	j->threads = true;
+	if (j->recovered) {
+		struct jrec r = { .type = JR_RECOVERED, .lsn2 = j->rr.from, .offset = j->rr.to,
+				  .xflags = j->rr.reboot ? JR_RECOVERED_REBOOT : 0 };
+		int err;
+		uint64_t lsn = journal_append(j, &r, false, &err);
+		if (!lsn || (err = journal_wait(j, lsn)))
+			return err ? err : -EIO;
+	}
+	pthread_mutex_lock(&j->lock);
+	j->want_spare = j->spares < SPARES_WANTED;
+	pthread_cond_broadcast(&j->tick);
+	pthread_mutex_unlock(&j->lock);
+	return 0;
+}
+
+int journal_close(struct journal *j)
+{
+	uint64_t head;
+	int ret;
+
+	if (!j)
+		return 0;
+	head = journal_head(j);
+	ret = j->threads ? journal_wait(j, head) : 0;
+	pthread_mutex_lock(&j->lock);
+	j->stop = true;
+	pthread_cond_broadcast(&j->work);
+	pthread_cond_broadcast(&j->tick);
+	pthread_mutex_unlock(&j->lock);
+	if (j->threads) {
+		pthread_join(j->jthread, NULL);
+		pthread_join(j->cthread, NULL);
+	}
+	if (!ret && !j->error) {
+		pthread_mutex_lock(&j->ckpt_lock);
+		ret = checkpoint_to(j, head, JSUPER_CLEAN);
+		pthread_mutex_unlock(&j->ckpt_lock);
+		if (!ret)
+			recycle(j);
+	}
+	if (!ret && j->error)
+		ret = j->error;
+	write_stats(j);
+	free_journal(j);
+	return ret;
+}
