@@ -76,17 +76,24 @@ struct map_ent {
 
 struct replay_map {
 	struct map_ent *b[MAP_BUCKETS];
+	int fd;                    /* replay.map, or -1 */
 };
 
 struct replay_map *replay_map_new(void)
 {
-	return calloc(1, sizeof(struct replay_map));
+	struct replay_map *m = calloc(1, sizeof(struct replay_map));
+
+	if (m)
+		m->fd = -1;
+	return m;
 }
 
 void replay_map_free(struct replay_map *m)
 {
 	if (!m)
 		return;
+	if (m->fd >= 0)
+		close(m->fd);
 	for (size_t i = 0; i < MAP_BUCKETS; i++)
 		for (struct map_ent *e = m->b[i], *n; e; e = n) {
 			n = e->next;
@@ -125,6 +132,41 @@ static int map_put(struct replay_map *m, struct jfid from, struct jfid to)
 	e->to = to;
 	e->next = m->b[s];
 	m->b[s] = e;
+	if (m->fd >= 0) {
+		unsigned char rec[24] = { 0 };
+		memcpy(rec, &from.ino, 8);
+		memcpy(rec + 8, &from.gen, 4);
+		memcpy(rec + 12, &to.ino, 8);
+		memcpy(rec + 20, &to.gen, 4);
+		if (write_all(m->fd, rec, sizeof(rec)) < 0)
+			return -errno;
+	}
+	return 0;
+}
+
+/* Loads DIR/replay.map (left by an interrupted replay) and keeps it open for appending. */
+static int map_load(struct replay_map *m, const char *dir)
+{
+	char path[4200];
+	unsigned char rec[24];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/replay.map", dir);
+	fd = open(path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	while (read(fd, rec, sizeof(rec)) == (ssize_t)sizeof(rec)) {
+		struct jfid from, to;
+		memcpy(&from.ino, rec, 8);
+		memcpy(&from.gen, rec + 8, 4);
+		memcpy(&to.ino, rec + 12, 8);
+		memcpy(&to.gen, rec + 20, 4);
+		if (map_put(m, from, to) < 0) {
+			close(fd);
+			return -ENOMEM;
+		}
+	}
+	m->fd = fd;
 	return 0;
 }
 
@@ -504,6 +546,11 @@ int journal_replay_dir(const char *dir, int root_fd, uint64_t from, struct repla
 	rd = NULL;
 
 	/* pass 2: apply */
+	ret = map_load(map, dir);
+	if (ret) {
+		log_error("journal replay: cannot open %s/replay.map: %s", dir, strerror(-ret));
+		goto out;
+	}
 	old_mask = umask(0);
 	ret = jreader_open(dir, from, &rd);
 	while (!ret && jreader_lsn(rd) < rr->to && (ret = jreader_next(rd, &r)) == 1) {
@@ -526,6 +573,8 @@ int journal_replay_dir(const char *dir, int root_fd, uint64_t from, struct repla
 		ret = 0;
 	}
 	umask(old_mask);
+	if (!ret && fdatasync(map->fd) < 0)
+		ret = -errno;
 out:
 	jreader_close(rd);
 	free(aborted.v);

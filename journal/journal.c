@@ -998,6 +998,7 @@ int journal_open(const struct journal_config *cfg, struct journal **out,
 		goto fail;
 	}
 	j->checkpoint = j->head;
+	unlinkat(j->dirfd, "replay.map", 0);   /* the checkpoint is past the replay */
 	j->recovered = !clean;
 	j->rr = *rr;
 	*out = j;

@@ -440,6 +440,11 @@ size_t jrec_decode(const void *buf, size_t avail, uint64_t expect, struct jrec *
 		*why = "payload checksum mismatch";
 		return 0;
 	}
+	for (size_t i = JREC_HEADER + plen; i < len; i++)
+		if (b[i]) {
+			*why = "padding is not zero";
+			return 0;
+		}
 	if (out->type < 1 || out->type > JR_TYPE_MAX) {
 		*why = "unknown record type";
 		return 0;
