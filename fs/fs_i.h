@@ -20,6 +20,7 @@
 #define FUSE_USE_VERSION 34
 #include <fuse_lowlevel.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/stat.h>
 
@@ -42,6 +43,7 @@ struct drfs_inode {
 	uint32_t gen;              /* backing generation; protected by fs->lock */
 	mode_t type;               /* S_IFMT bits; protected by fs->lock */
 	int fd;                    /* O_PATH fd (directories, or no handles), else -1; set once */
+	_Atomic uint64_t data_lsn; /* end of the last data record (WRITE, COPY, FALLOCATE, size) */
 	int handle_type;           /* valid when fd < 0; protected by fs->lock */
 	unsigned int handle_bytes;
 	unsigned char handle[INODE_HANDLE_MAX];
@@ -147,8 +149,13 @@ struct mutation {
  * copied; the new fd for MUT_CREATE; otherwise 0) or -errno.
  */
 ssize_t fs_mutate(struct drfs_fs *fs, struct mutation *m);
-/* Waits until every change made so far is durable in the journal.  0 or -errno. */
-int fs_sync(struct drfs_fs *fs);
+/*
+ * fsync: waits until every change made so far is durable in the journal.
+ * fdatasync (DATASYNC, with INODE): until INODE's data records are; they
+ * were made durable before they were applied, so this does not wait.
+ * 0 or -errno.
+ */
+int fs_sync(struct drfs_fs *fs, struct drfs_inode *inode, bool datasync);
 /* The journal's identity of INODE. */
 struct jfid fs_fid(struct drfs_fs *fs, struct drfs_inode *inode);
 

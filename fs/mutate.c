@@ -304,9 +304,13 @@ struct jfid fs_fid(struct drfs_fs *fs, struct drfs_inode *inode)
 	return f;
 }
 
-int fs_sync(struct drfs_fs *fs)
+int fs_sync(struct drfs_fs *fs, struct drfs_inode *inode, bool datasync)
 {
-	return fs->journal ? journal_wait(fs->journal, journal_head(fs->journal)) : 0;
+	if (!fs->journal)
+		return 0;
+	if (datasync && inode)
+		return journal_wait(fs->journal, atomic_load(&inode->data_lsn));
+	return journal_wait(fs->journal, journal_head(fs->journal));
 }
 
 /* Appends R; WAIT: until durable.  Returns the end LSN or -errno. */
@@ -372,10 +376,15 @@ static void stat_to_rec(struct jrec *r, const struct stat *st)
 static ssize_t data_change(struct drfs_fs *fs, struct mutation *m, struct jrec *r, bool borrow)
 {
 	int64_t end = log_rec(fs, r, borrow, true);
+	uint64_t seen;
 	ssize_t ret;
 
 	if (end < 0)
 		return end;
+	seen = atomic_load(&m->node->data_lsn);
+	while (seen < (uint64_t)end &&
+	       !atomic_compare_exchange_weak(&m->node->data_lsn, &seen, (uint64_t)end))
+		;
 	ret = apply(fs, m);
 	if (ret < 0 || (m->type == MUT_WRITE && (size_t)ret < m->size)) {
 		log_abort(fs, r->lsn);

@@ -448,10 +448,11 @@ static void drfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
  */
 static void drfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
-	(void)ino;
-	(void)datasync;
+	struct drfs_inode *in = node_or_reply(req, ino);
+
 	(void)fi;
-	fuse_reply_err(req, -fs_sync(fs_of(req)));
+	if (in)
+		fuse_reply_err(req, -fs_sync(fs_of(req), in, datasync));
 }
 
 static void drfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
@@ -655,7 +656,7 @@ static void drfs_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync,
 	(void)ino;
 	(void)datasync;
 	(void)fi;
-	fuse_reply_err(req, -fs_sync(fs_of(req)));
+	fuse_reply_err(req, -fs_sync(fs_of(req), NULL, false));
 }
 
 static void drfs_statfs(fuse_req_t req, fuse_ino_t ino)

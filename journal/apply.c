@@ -74,9 +74,17 @@ struct map_ent {
 	struct map_ent *next;
 };
 
+struct link_ent {
+	struct jfid fid;
+	int64_t links;             /* names made minus names removed in the replayed range */
+	struct link_ent *next;
+};
+
 struct replay_map {
 	struct map_ent *b[MAP_BUCKETS];
+	struct link_ent *created[MAP_BUCKETS]; /* objects created in the replayed range */
 	int fd;                    /* replay.map, or -1 */
+	bool objects_only;         /* apply no namespace record */
 };
 
 struct replay_map *replay_map_new(void)
@@ -94,11 +102,16 @@ void replay_map_free(struct replay_map *m)
 		return;
 	if (m->fd >= 0)
 		close(m->fd);
-	for (size_t i = 0; i < MAP_BUCKETS; i++)
+	for (size_t i = 0; i < MAP_BUCKETS; i++) {
 		for (struct map_ent *e = m->b[i], *n; e; e = n) {
 			n = e->next;
 			free(e);
 		}
+		for (struct link_ent *e = m->created[i], *n; e; e = n) {
+			n = e->next;
+			free(e);
+		}
+	}
 	free(m);
 }
 
@@ -170,6 +183,56 @@ static int map_load(struct replay_map *m, const char *dir)
 	return 0;
 }
 
+static struct link_ent *created_get(struct replay_map *m, struct jfid f)
+{
+	for (struct link_ent *e = m->created[map_slot(f)]; e; e = e->next)
+		if (fid_eq(e->fid, f))
+			return e;
+	return NULL;
+}
+
+/* Pass 1 bookkeeping: counts the names of objects created in the range. */
+static int count_links(struct replay_map *m, const struct jrec *r)
+{
+	struct link_ent *e;
+
+	switch (r->type) {
+	case JR_CREATE:
+		if (created_get(m, r->fid))
+			return 0;
+		e = calloc(1, sizeof(*e));
+		if (!e)
+			return -ENOMEM;
+		e->fid = r->fid;
+		e->links = 1;
+		e->next = m->created[map_slot(r->fid)];
+		m->created[map_slot(r->fid)] = e;
+		return 0;
+	case JR_LINK:
+		if ((e = created_get(m, r->fid)))
+			e->links++;
+		return 0;
+	case JR_UNLINK:
+		if ((e = created_get(m, r->fid)))
+			e->links--;
+		return 0;
+	case JR_RENAME:
+		if (!(r->xflags & RENAME_EXCHANGE) && (e = created_get(m, r->fid4)))
+			e->links--;
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+/* Whether FID was created in the replayed range and has no name at its end. */
+static bool dead_at_end(struct replay_map *m, struct jfid f)
+{
+	struct link_ent *e = created_get(m, f);
+
+	return e && e->links <= 0;
+}
+
 /* An fd for FID with open FLAGS; -ESTALE when the object is gone. */
 static int open_fid(int root_fd, struct replay_map *m, struct jfid fid, int flags)
 {
@@ -239,6 +302,8 @@ static int replay_create(int root_fd, struct replay_map *m, const struct jrec *r
 		close(tfd);
 		goto out;                       /* exists: applied before */
 	}
+	if (dead_at_end(m, r->fid))
+		goto out;                       /* removed later in the range: nothing to make */
 	dfd = open_fid(root_fd, m, r->fid2, O_PATH | O_DIRECTORY);
 	if (dfd < 0) {
 		ret = dfd == -ESTALE ? 0 : dfd;
@@ -363,6 +428,14 @@ static int replay_rename(int root_fd, struct replay_map *m, const struct jrec *r
 	if (name_holds(ofd, oname, m, r->fid3) != 1)
 		goto out;
 	t = name_holds(nfd, nname, m, r->fid4);
+	if (!fid_zero(r->fid4) && t == -ENOENT && !(r->xflags & RENAME_EXCHANGE)) {
+		/* the replaced object is gone (or was never made again): nothing to replace */
+		int vfd = open_fid(root_fd, m, r->fid4, O_PATH);
+		if (vfd >= 0)
+			close(vfd);
+		else if (vfd == -ESTALE)
+			t = 1;
+	}
 	if (fid_zero(r->fid4) ? t != -ENOENT : t != 1)
 		goto out;
 	ret = renameat2(ofd, oname, nfd, nname, r->xflags) < 0 ? -errno : 1;
@@ -465,6 +538,9 @@ int apply_record(int root_fd, struct replay_map *m, const struct jrec *r)
 {
 	int fd, ret;
 
+	if (m && m->objects_only &&
+	    (r->type == JR_CREATE || r->type == JR_LINK || r->type == JR_UNLINK || r->type == JR_RENAME))
+		return 0;
 	switch (r->type) {
 	case JR_CREATE:
 		return replay_create(root_fd, m, r);
@@ -520,7 +596,8 @@ static bool set_has(const struct lsn_set *s, uint64_t x)
 	return false;
 }
 
-int journal_replay_dir(const char *dir, int root_fd, uint64_t from, struct replay_result *rr)
+int journal_replay_dir(const char *dir, int root_fd, uint64_t from, bool full,
+		       struct replay_result *rr)
 {
 	struct lsn_set aborted = { 0 };
 	struct replay_map *map = replay_map_new();
@@ -535,8 +612,9 @@ int journal_replay_dir(const char *dir, int root_fd, uint64_t from, struct repla
 		return -ENOMEM;
 	/* pass 1: which records were aborted */
 	ret = jreader_open(dir, from, &rd);
+	map->objects_only = !full;
 	while (!ret && (ret = jreader_next(rd, &r)) == 1)
-		ret = r.type == JR_ABORT ? set_add(&aborted, r.lsn2) : 0;
+		ret = r.type == JR_ABORT ? set_add(&aborted, r.lsn2) : count_links(map, &r);
 	if (ret < 0)
 		goto out;
 	rr->to = jreader_lsn(rd);

@@ -321,6 +321,15 @@ static int write_and_flush(struct journal *j, int n, off_t off, bool flush)
 	off_t pos = off;
 	int i = 0, ret = 0;
 
+	if (getenv("DRFS_SYNCIO")) {
+		ret = write_sync(j->cur_fd, j->iov, n, off);
+		if (!ret && flush && fdatasync(j->cur_fd) < 0)
+			ret = -errno;
+		if (!ret && flush)
+			j->flushes++;
+		return ret;
+	}
+
 	do {
 		unsigned sq = 0;
 
@@ -969,12 +978,15 @@ int journal_open(const struct journal_config *cfg, struct journal **out,
 	clean = j->sb.flags & JSUPER_CLEAN;
 	if (!clean) {
 		unsigned char id[16];
-		ret = journal_replay_dir(cfg->dir, cfg->backing_fd, j->sb.checkpoint_lsn, rr);
+		bool reboot;
+
+		boot_id(id);
+		reboot = memcmp(id, j->sb.boot_id, 16) != 0 || cfg->full_replay;
+		ret = journal_replay_dir(cfg->dir, cfg->backing_fd, j->sb.checkpoint_lsn, reboot, rr);
 		if (ret)
 			goto fail;
 		rr->unclean = true;
-		boot_id(id);
-		rr->reboot = memcmp(id, j->sb.boot_id, 16) != 0;
+		rr->reboot = reboot;
 	}
 	scan_spares(j);
 	ret = position_at_end(j, !clean);

@@ -128,6 +128,7 @@ struct journal_config {
 	uint64_t checkpoint_bytes;    /* 0: 2 segments of log since the last checkpoint */
 	uint64_t queue_limit;         /* bytes queued in memory before appenders wait; 0: 64 MiB */
 	const char *stats_path;       /* rewritten with the counters about once a second; may be NULL */
+	bool full_replay;             /* replay namespace records even when the machine did not restart */
 	/* fault injection for tests: fail the Nth segment write / flush (1-based; 0: never) */
 	unsigned fail_write_at, fail_flush_at;
 };
@@ -268,8 +269,13 @@ void replay_map_free(struct replay_map *m);
 
 /*
  * Replays the records of DIR from LSN FROM onto ROOT_FD: ABORTed records
- * skipped, the valid prefix applied.  Fills *RR.  0 or -errno.
+ * skipped, the valid prefix applied.  FULL: namespace records too (after a
+ * machine restart, when the tree may have lost anything since the
+ * checkpoint); otherwise only the records of objects (data, attributes,
+ * xattrs), since every namespace record describes a change already made.
+ * Fills *RR.  0 or -errno.
  */
-int journal_replay_dir(const char *dir, int root_fd, uint64_t from, struct replay_result *rr);
+int journal_replay_dir(const char *dir, int root_fd, uint64_t from, bool full,
+		       struct replay_result *rr);
 
 #endif /* DRFS_JOURNAL_H */

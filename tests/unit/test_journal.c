@@ -149,6 +149,8 @@ static struct jfid F(uint64_t n)
 #define NAME(r, s) ((r).name = (s), (r).name_len = (uint16_t)strlen(s))
 #define NAME2(r, s) ((r).name2 = (s), (r).name2_len = (uint16_t)strlen(s))
 
+#define HMAX 30
+
 static char payload_a[3000], payload_b[700];
 
 /* Fills V with a history touching every record type; returns the count. */
@@ -159,7 +161,7 @@ static int history(struct jrec *v)
 	memset(payload_a, 'a', sizeof(payload_a));
 	for (size_t i = 0; i < sizeof(payload_b); i++)
 		payload_b[i] = (char)('0' + i % 10);
-	memset(v, 0, 24 * sizeof(*v));
+	memset(v, 0, HMAX * sizeof(*v));
 	v[n].type = JR_CREATE; v[n].fid2 = JFID_ROOT; v[n].fid = F(1);
 	v[n].mode = S_IFDIR | 0755; NAME(v[n], "dir"); n++;
 	v[n].type = JR_CREATE; v[n].fid2 = F(1); v[n].fid = F(2);
@@ -193,6 +195,16 @@ static int history(struct jrec *v)
 	v[n].type = JR_ABORT; n++;                     /* lsn2 filled in by the writer */
 	v[n].type = JR_RENAME; v[n].fid = F(1); v[n].fid2 = JFID_ROOT; v[n].fid3 = F(2);
 	v[n].fid4 = (struct jfid){ 0, 0 }; NAME(v[n], "file"); NAME2(v[n], "top"); n++;
+	/* a name replaced by a rename, then the survivor moved on: the name must stay free */
+	v[n].type = JR_CREATE; v[n].fid2 = JFID_ROOT; v[n].fid = F(7);
+	v[n].mode = S_IFREG | 0644; NAME(v[n], "victim"); n++;
+	v[n].type = JR_CREATE; v[n].fid2 = JFID_ROOT; v[n].fid = F(8);
+	v[n].mode = S_IFREG | 0640; NAME(v[n], "mover"); n++;
+	v[n].type = JR_RENAME; v[n].fid = JFID_ROOT; v[n].fid2 = JFID_ROOT; v[n].fid3 = F(8);
+	v[n].fid4 = F(7); NAME(v[n], "mover"); NAME2(v[n], "victim"); n++;
+	v[n].type = JR_RENAME; v[n].fid = JFID_ROOT; v[n].fid2 = JFID_ROOT; v[n].fid3 = F(8);
+	v[n].fid4 = (struct jfid){ 0, 0 }; NAME(v[n], "victim"); NAME2(v[n], "final"); n++;
+	assert_true(n <= HMAX);
 	return n;
 }
 
@@ -202,7 +214,7 @@ static int history(struct jrec *v)
  */
 static int write_history(const char *dir, uint64_t *lsn)
 {
-	struct jrec v[24];
+	struct jrec v[HMAX + 2];
 	int n = history(v), fd;
 	char path[512];
 	unsigned char *buf = calloc(1, 1 << 20);
@@ -260,7 +272,7 @@ static char *replay_fresh(const char *jdir, const char *tree, uint64_t from,
 	assert_int_equal(mkdir(tree, 0755), 0);
 	fd = open(tree, O_RDONLY | O_DIRECTORY);
 	assert_true(fd >= 0);
-	assert_int_equal(journal_replay_dir(jdir, fd, from, rr), 0);
+	assert_int_equal(journal_replay_dir(jdir, fd, from, true, rr), 0);
 	close(fd);
 	d = digest(tree);
 	return d;
@@ -278,7 +290,7 @@ static void test_crc32c(void **state)
 
 static void test_roundtrip(void **state)
 {
-	struct jrec v[24], out;
+	struct jrec v[HMAX + 2], out;
 	unsigned char buf[8192];
 	int n = history(v);
 
@@ -350,7 +362,7 @@ static void test_encode_head(void **state)
 	size_t len, head, pad;
 
 	(void)state;
-	history((struct jrec[24]){ 0 });
+	history((struct jrec[HMAX]){ 0 });
 	len = jrec_encode(&r, whole);
 	assert_int_equal(jrec_encode_head(&r, split, &head), len);
 	memcpy(split + head, r.data, r.data_len);
@@ -365,7 +377,7 @@ static void test_encode_head(void **state)
 static void test_torn_every_offset(void **state)
 {
 	char jdir[512], jcut[512], tree[512], ref[512], seg[600], cutseg[600];
-	uint64_t lsn[25];
+	uint64_t lsn[HMAX + 1];
 	struct replay_result rr;
 	int n;
 
@@ -392,6 +404,9 @@ static void test_torn_every_offset(void **state)
 	assert_non_null(strstr(expect[n], "./dir/moved"));
 	assert_null(strstr(expect[n], "gone"));
 	assert_null(strstr(expect[n], "x=42"));
+	assert_null(strstr(expect[n], "victim"));
+	assert_null(strstr(expect[n], "mover"));
+	assert_non_null(strstr(expect[n], "./final 100640"));
 	assert_string_not_equal(expect[n], expect[n - 1]);
 
 	unsigned char *orig = malloc(lsn[n]), *area = malloc(lsn[n]);
@@ -453,7 +468,7 @@ static void test_torn_every_offset(void **state)
 static void test_replay_idempotent(void **state)
 {
 	char jdir[512], tree[512], *once, *again;
-	uint64_t lsn[25];
+	uint64_t lsn[HMAX + 1];
 	struct replay_result rr;
 	int n, fd;
 
@@ -465,7 +480,7 @@ static void test_replay_idempotent(void **state)
 	assert_int_equal(rr.records, (uint64_t)n);
 	fd = open(tree, O_RDONLY | O_DIRECTORY);
 	for (int k = 0; k <= n; k++) {
-		assert_int_equal(journal_replay_dir(jdir, fd, lsn[k], &rr), 0);
+		assert_int_equal(journal_replay_dir(jdir, fd, lsn[k], true, &rr), 0);
 		again = digest(tree);
 		if (strcmp(once, again))
 			fail_msg("replaying again from record %d changed the tree:\n%s\nvs\n%s", k,
@@ -473,8 +488,8 @@ static void test_replay_idempotent(void **state)
 		free(again);
 	}
 	/* twice in a row from the start too */
-	assert_int_equal(journal_replay_dir(jdir, fd, 0, &rr), 0);
-	assert_int_equal(journal_replay_dir(jdir, fd, 0, &rr), 0);
+	assert_int_equal(journal_replay_dir(jdir, fd, 0, true, &rr), 0);
+	assert_int_equal(journal_replay_dir(jdir, fd, 0, true, &rr), 0);
 	again = digest(tree);
 	assert_string_equal(once, again);
 	/* a record aborted later is never applied */
