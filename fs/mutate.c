@@ -538,6 +538,7 @@ fail:
 static ssize_t record_made(struct drfs_fs *fs, struct mutation *m, int newfd)
 {
 	struct jrec r = { .type = JR_CREATE, .fid2 = fs_fid(fs, m->dir) };
+	int64_t end;
 	struct stat st;
 	bool owned;
 	int dfd, ret;
@@ -563,8 +564,8 @@ static ssize_t record_made(struct drfs_fs *fs, struct mutation *m, int newfd)
 	r.rdev = st.st_rdev;
 	if (m->type == MUT_SYMLINK)
 		name_of(&r, m->target, true);
-	ret = (int)log_rec(fs, &r, false, false);
-	return ret < 0 ? ret : 0;
+	end = log_rec(fs, &r, false, false);
+	return end < 0 ? end : 0;
 }
 
 static ssize_t journaled(struct drfs_fs *fs, struct mutation *m)

@@ -341,6 +341,8 @@ static int write_and_flush(struct journal *j, int n, off_t off, bool flush)
 			for (int k = 0; k < cnt; k++)
 				bytes += j->iov[i + k].iov_len;
 			io_uring_prep_writev(sqe, j->cur_fd, j->iov + i, (unsigned)cnt, (uint64_t)pos);
+			if (flush && getenv("DRFS_LINK"))
+				sqe->flags |= IOSQE_IO_LINK;
 			sqe->user_data = sq;
 			want[sq++] = bytes;
 			pos += (off_t)bytes;
@@ -350,7 +352,8 @@ static int write_and_flush(struct journal *j, int n, off_t off, bool flush)
 			/* IO_DRAIN: the flush starts once every write before it is done */
 			struct io_uring_sqe *sqe = io_uring_get_sqe(&j->ring);
 			io_uring_prep_fsync(sqe, j->cur_fd, IORING_FSYNC_DATASYNC);
-			io_uring_sqe_set_flags(sqe, IOSQE_IO_DRAIN);
+			if (!getenv("DRFS_LINK"))
+				io_uring_sqe_set_flags(sqe, IOSQE_IO_DRAIN);
 			sqe->user_data = sq;
 			want[sq++] = SIZE_MAX;
 		}
@@ -362,7 +365,7 @@ static int write_and_flush(struct journal *j, int n, off_t off, bool flush)
 	} while (!ret && i < n);
 	if (n && fault(&j->cfg.fail_write_at, ++j->writes_done))
 		ret = -EIO;
-	if (ret == -EAGAIN) {
+	if (ret == -EAGAIN || ret == -ECANCELED) {
 		/* a short write: finish the plain way */
 		ret = write_sync(j->cur_fd, j->iov, n, off);
 		if (!ret && flush && fdatasync(j->cur_fd) < 0)

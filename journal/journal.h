@@ -143,8 +143,11 @@ struct journal_stats {
 	int error;                    /* 0, or the -errno that stopped the journal */
 };
 
-/* Creates an empty journal in DIR (which must not hold one).  0 or -errno. */
-int journal_create(const char *dir, uint64_t segment_size);
+/*
+ * Creates an empty journal in DIR (which must not hold one) whose first
+ * record will have LSN FIRST_LSN (0 normally).  0 or -errno.
+ */
+int journal_create(const char *dir, uint64_t segment_size, uint64_t first_lsn);
 /* Whether DIR holds a journal. */
 bool journal_exists(const char *dir);
 

@@ -284,10 +284,10 @@ int jseg_create(int dirfd, const char *name, uint32_t timeline, uint64_t first, 
 	return seg_write_new(dirfd, name, size, h);
 }
 
-int journal_create(const char *dir, uint64_t segment_size)
+int journal_create(const char *dir, uint64_t segment_size, uint64_t first_lsn)
 {
 	struct jsuper sb = { .timeline = JTIMELINE, .seq = 1, .segment_size = segment_size,
-			     .flags = JSUPER_CLEAN };
+			     .flags = JSUPER_CLEAN, .checkpoint_lsn = first_lsn };
 	unsigned char b[2 * JSUP_SLOT];
 	char name[40];
 	int dfd, fd, ret;
@@ -302,8 +302,8 @@ int journal_create(const char *dir, uint64_t segment_size)
 	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0)
 		return -errno;
-	jseg_name(name, JTIMELINE, 0);
-	ret = jseg_create(dfd, name, JTIMELINE, 0, segment_size);
+	jseg_name(name, JTIMELINE, first_lsn);
+	ret = jseg_create(dfd, name, JTIMELINE, first_lsn, segment_size);
 	if (ret)
 		goto out;
 	clock_gettime(CLOCK_REALTIME, &ts);

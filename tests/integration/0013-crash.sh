@@ -14,6 +14,8 @@ POINTS=${CRASH_POINTS:-50}
 KEEP=${CRASH_KEEP:-25}
 SEED=${CRASH_SEED:-$((RANDOM * 32768 + RANDOM))}
 B=$(new_backing b); M=$T/m; L=$T/ledgers
+# The journal starts past 2^32: 64-bit LSNs everywhere, from the first record.
+export DRFS_JOURNAL_FIRST_LSN=0x7fffff0000
 mkdir -p "$L"
 mount_drfs "$B" "$M"
 say "$POINTS crash points, seed $SEED (round N runs with seed $SEED+N)"

@@ -220,7 +220,7 @@ static int write_history(const char *dir, uint64_t *lsn)
 	unsigned char *buf = calloc(1, 1 << 20);
 	uint64_t pos = 0;
 
-	assert_int_equal(journal_create(dir, 4 << 20), 0);
+	assert_int_equal(journal_create(dir, 4 << 20, 0), 0);
 	for (int i = 0; i < n; i++) {
 		if (v[i].type == JR_ABORT)
 			v[i].lsn2 = lsn[i - 1];
@@ -533,7 +533,7 @@ static void test_failure_reported(void **state)
 			snprintf(jdir, sizeof(jdir), "%s/jf", scratch);
 			snprintf(tree, sizeof(tree), "%s/tf", scratch);
 			sh("rm -rf %s %s && mkdir -p %s", jdir, tree, tree);
-			assert_int_equal(journal_create(jdir, 4 << 20), 0);
+			assert_int_equal(journal_create(jdir, 4 << 20, 0), 0);
 			j = open_live(jdir, tree, which ? 0 : nth, which ? nth : 0, &rr);
 			for (int i = 1; i <= 6; i++) {
 				uint64_t end = journal_append(j, &r, false, &err);
@@ -592,14 +592,14 @@ static void test_live_segments(void **state)
 	pthread_t t[8];
 	struct appender a[8];
 	int counts[8] = { 0 }, hold;
-	uint64_t last = 0, records = 0;
+	uint64_t last = 0xfffffff000ull, records = 0;
 	struct journal *j;
 
 	(void)state;
 	snprintf(jdir, sizeof(jdir), "%s/jl", scratch);
 	snprintf(tree, sizeof(tree), "%s/tl", scratch);
 	sh("rm -rf %s %s && mkdir -p %s", jdir, tree, tree);
-	assert_int_equal(journal_create(jdir, 4 << 20), 0);
+	assert_int_equal(journal_create(jdir, 4 << 20, 0xfffffff000ull), 0);
 	j = open_live(jdir, tree, 0, 0, &rr);
 	hold = journal_hold(j, "test", 0);
 	assert_true(hold >= 0);
