@@ -63,6 +63,7 @@ struct drfs_fs {
 	bool use_handles;
 	bool mounted;
 	struct journal *journal;   /* NULL only in unit tests that run without one */
+	struct replay_result recovery; /* what journal_open replayed */
 };
 
 /* inode.c */

@@ -91,20 +91,14 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 	if (cfg->journal_dir) {
 		struct journal_config jc = { .dir = cfg->journal_dir, .backing_fd = fs->mount_fd,
 					     .stats_path = cfg->journal_stats,
-					     .flush_interval_ms = cfg->flush_interval_ms };
+					     .flush_interval_ms = cfg->flush_interval_ms,
+					     .truncate_damaged = cfg->journal_truncate };
 		struct replay_result rr;
 
 		ret = journal_open(&jc, &fs->journal, &rr);
 		if (ret)
 			goto out_table;
-		if (rr.unclean)
-			log_info("recovered after an unclean stop%s: replayed LSN %llu..%llu, "
-				 "%llu records (%llu applied, %llu already there)%s%s",
-				 rr.reboot ? " (the machine restarted)" : "",
-				 (unsigned long long)rr.from, (unsigned long long)rr.to,
-				 (unsigned long long)rr.records, (unsigned long long)rr.applied,
-				 (unsigned long long)rr.skipped,
-				 rr.stop_reason[0] ? "; the log ended at: " : "", rr.stop_reason);
+		fs->recovery = rr;
 	}
 
 	if (asprintf(&opts, "fsname=%s,subtype=drfs,default_permissions%s%s", cfg->fsname,
@@ -212,6 +206,17 @@ int fs_serve(struct drfs_fs *fs)
 	sigaddset(&stop, SIGHUP);
 	sigaddset(&stop, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &stop, &old);
+	if (fs->journal && fs->recovery.unclean) {
+		/* said here, after the caller may have daemonized: it goes to the log */
+		struct replay_result *rr = &fs->recovery;
+		log_info("recovered after an unclean stop%s: replayed LSN %llu..%llu, "
+			 "%llu records (%llu applied, %llu already there)%s%s",
+			 rr->reboot ? " (the machine restarted)" : " (the daemon had stopped)",
+			 (unsigned long long)rr->from, (unsigned long long)rr->to,
+			 (unsigned long long)rr->records, (unsigned long long)rr->applied,
+			 (unsigned long long)rr->skipped,
+			 rr->stop_reason[0] ? "; the log ended at: " : "", rr->stop_reason);
+	}
 	if (fs->journal) {
 		int ret = journal_start(fs->journal);
 		if (ret) {

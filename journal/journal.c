@@ -26,7 +26,7 @@
 #include "journal_i.h"
 
 #define SEAL_LEN JREC_HEADER
-#define NSLOTS 256
+#define NSLOTS 1100   /* more than the most worker threads drfs mount allows */
 #define NHOLDS 16
 #define SPARES_WANTED 1
 #define SPARES_KEPT 2
@@ -408,7 +408,7 @@ static int switch_segment(struct journal *j, uint64_t first)
 		    fsync(j->dirfd) < 0)
 			ret = errno ? -errno : -EIO;
 	} else {
-		log_info("journal: no spare segment ready, writing %s in place", name);
+		log_debug("journal: no spare segment ready, writing %s in place", name);
 		ret = jseg_create(j->dirfd, name, j->timeline, first, j->seg_size);
 		fd = ret ? -1 : openat(j->dirfd, name, O_WRONLY | O_CLOEXEC);
 		if (!ret && (fd < 0 || fsync(j->dirfd) < 0))
@@ -886,9 +886,12 @@ static int position_at_end(struct journal *j, bool seal)
 		return -ENOENT;
 	for (i = 0; i + 1 < j->nseg && j->segs[i + 1].first_lsn <= end; i++)
 		;
-	/* segments after the end (never reached) are dropped */
-	for (size_t k = i + 1; k < j->nseg; k++)
-		unlinkat(j->dirfd, j->segs[k].name, 0);
+	/* segments after the end were never reached: kept aside, not deleted */
+	for (size_t k = i + 1; k < j->nseg; k++) {
+		char aside[64];
+		snprintf(aside, sizeof(aside), "unreached-%s", j->segs[k].name);
+		renameat(j->dirfd, j->segs[k].name, j->dirfd, aside);
+	}
 	j->nseg = i + 1;
 	j->head = j->written = j->durable = end;
 	j->checkpoint = j->sb.checkpoint_lsn;
@@ -920,6 +923,42 @@ static int position_at_end(struct journal *j, bool seal)
 		return switch_segment(j, end);
 	}
 	return 0;
+}
+
+/*
+ * Before a replay: an invalid record with valid ones after it is damage, not
+ * a torn tail, and replaying up to it would silently drop the rest.  Refuse
+ * unless the operator accepts that loss (cfg->truncate_damaged).
+ */
+static int check_damage(struct journal *j, const struct journal_config *cfg)
+{
+	struct jreader *rd;
+	struct jrec r;
+	char why[200] = "";
+	uint64_t end, found;
+	int ret = jreader_open(cfg->dir, j->sb.checkpoint_lsn, &rd);
+
+	if (ret)
+		return ret;
+	while ((ret = jreader_next(rd, &r)) == 1)
+		;
+	end = jreader_lsn(rd);
+	if (jreader_stop(rd))
+		snprintf(why, sizeof(why), "%s", jreader_stop(rd));
+	jreader_close(rd);
+	if (ret < 0)
+		return ret;
+	if (!why[0] || jlog_valid_after(cfg->dir, end, &found) != 1)
+		return 0;
+	if (cfg->truncate_damaged) {
+		log_warn("journal: %s; discarding the records from LSN %" PRIu64
+			 " on, as -o journal_truncate asks", why, end);
+		return 0;
+	}
+	log_error("journal in %s is damaged: %s, and valid records follow (LSN %" PRIu64 "); nothing was replayed. "
+		  "Inspect with 'drfs journal dump', then mount with -o journal_truncate to "
+		  "accept losing the records after LSN %" PRIu64, cfg->dir, why, found, end);
+	return -EBADMSG;
 }
 
 int journal_open(const struct journal_config *cfg, struct journal **out,
@@ -983,6 +1022,9 @@ int journal_open(const struct journal_config *cfg, struct journal **out,
 		unsigned char id[16];
 		bool reboot;
 
+		ret = check_damage(j, cfg);
+		if (ret)
+			goto fail;
 		boot_id(id);
 		reboot = memcmp(id, j->sb.boot_id, 16) != 0 || cfg->full_replay;
 		ret = journal_replay_dir(cfg->dir, cfg->backing_fd, j->sb.checkpoint_lsn, reboot, rr);

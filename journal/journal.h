@@ -129,6 +129,7 @@ struct journal_config {
 	uint64_t queue_limit;         /* bytes queued in memory before appenders wait; 0: 64 MiB */
 	const char *stats_path;       /* rewritten with the counters about once a second; may be NULL */
 	bool full_replay;             /* replay namespace records even when the machine did not restart */
+	bool truncate_damaged;        /* replay up to damage even when valid records follow it */
 	/* fault injection for tests: fail the Nth segment write / flush (1-based; 0: never) */
 	unsigned fail_write_at, fail_flush_at;
 };

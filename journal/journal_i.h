@@ -52,6 +52,13 @@ int jseg_create(int dirfd, const char *name, uint32_t timeline, uint64_t first, 
 /* Whether reading ended right after a SEAL whose next segment was never made. */
 bool jreader_sealed(struct jreader *rd);
 
+/*
+ * Whether the log of DIR holds a valid record after position POS (in the
+ * segment holding POS, or any later segment): then an invalid record at
+ * POS is damage, not a torn tail.  1 (with *FOUND), 0, or -errno.
+ */
+int jlog_valid_after(const char *dir, uint64_t pos, uint64_t *found);
+
 /* Superblock slot write: slot SB->seq % 2 of DIRFD/super, made durable.  0 or -errno. */
 int jsuper_write(int dirfd, const struct jsuper *sb);
 void boot_id(unsigned char id[16]);

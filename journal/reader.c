@@ -252,21 +252,39 @@ bool journal_exists(const char *dir)
 	return stat(path, &st) == 0;
 }
 
+/* Writes LEN bytes of BUF at OFF in full.  0 or -errno (-ENOSPC when the disk takes no more). */
+static int pwrite_full(int fd, const void *buf, size_t len, off_t off)
+{
+	const char *p = buf;
+
+	while (len) {
+		ssize_t n = pwrite(fd, p, len, off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (n == 0)
+			return -ENOSPC;
+		p += n;
+		len -= (size_t)n;
+		off += n;
+	}
+	return 0;
+}
+
 /* Creates segment NAME in DIRFD: SIZE bytes written in full, HEADER first.  0 or -errno. */
 static int seg_write_new(int dirfd, const char *name, uint64_t size, const void *header)
 {
 	static const unsigned char zeros[1 << 16];
 	int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	int ret = 0;
+	int ret;
 
 	if (fd < 0)
 		return -errno;
-	if (pwrite(fd, header, JSEG_HEADER, 0) != JSEG_HEADER)
-		ret = errno ? -errno : -EIO;
+	ret = pwrite_full(fd, header, JSEG_HEADER, 0);
 	for (uint64_t off = JSEG_HEADER; !ret && off < size; off += sizeof(zeros)) {
 		size_t n = size - off < sizeof(zeros) ? (size_t)(size - off) : sizeof(zeros);
-		if (pwrite(fd, zeros, n, (off_t)off) != (ssize_t)n)
-			ret = errno ? -errno : -EIO;
+		ret = pwrite_full(fd, zeros, n, (off_t)off);
 	}
 	if (!ret && fdatasync(fd) < 0)
 		ret = -errno;
@@ -510,4 +528,34 @@ void jreader_close(struct jreader *rd)
 	close(rd->dirfd);
 	free(rd->segs);
 	free(rd);
+}
+
+int jlog_valid_after(const char *dir, uint64_t pos, uint64_t *found)
+{
+	struct jreader *rd;
+	int ret = jreader_open(dir, pos, &rd);
+
+	if (ret)
+		return ret;
+	ret = 0;
+	if (rd->map && pos >= rd->first) {
+		struct jrec r;
+		for (uint64_t p = pos + 8; JSEG_HEADER + (p - rd->first) + JREC_HEADER <= rd->map_size;
+		     p += 8) {
+			uint64_t off = JSEG_HEADER + (p - rd->first);
+			if (jrec_decode(rd->map + off, (size_t)(rd->map_size - off), p, &r, NULL)) {
+				*found = p;
+				ret = 1;
+				break;
+			}
+		}
+	}
+	/* a later segment with a valid header means the log went on */
+	for (size_t i = 0; !ret && i < rd->nseg; i++)
+		if (rd->segs[i].first_lsn > pos && reader_map(rd, i) == 0) {
+			*found = rd->segs[i].first_lsn;
+			ret = 1;
+		}
+	jreader_close(rd);
+	return ret;
 }

@@ -44,6 +44,11 @@ static const char mount_usage[] =
 	"                       the usual mount flags\n"
 	"  -o source=DIR        the backing directory (when BACKING is only a name)\n"
 	"  -o max_threads=N     FUSE worker threads (default 16)\n"
+	"  -o flush_interval=MS longest time a change waits for the journal's disk flush\n"
+	"                       when nobody asks for it (default 200)\n"
+	"  -o journal_truncate  after an unclean stop, replay up to a damaged record even\n"
+	"                       though valid records follow it, losing those (drfs refuses\n"
+	"                       otherwise and says where the damage is)\n"
 	"  -f                   stay in the foreground, log to stderr\n"
 	"  -d                   log every FUSE request (implies -f)\n"
 	"  -h, --help           show this help\n"
@@ -60,6 +65,8 @@ struct mount_opts {
 	char after[256];     /* flags libfuse does not take, applied by a remount after mounting */
 	char *source;        /* -o source= */
 	unsigned int max_threads;
+	unsigned int flush_interval;
+	bool journal_truncate;
 	bool debug;
 	bool foreground;
 	bool remount;        /* -o remount: change the flags of a mounted drfs */
@@ -126,6 +133,17 @@ static int parse_opts(const char *arg, struct mount_opts *o)
 				break;
 			}
 			o->max_threads = (unsigned int)n;
+		} else if (!strcmp(key, "flush_interval") && value) {
+			char *end;
+			unsigned long n = strtoul(value, &end, 10);
+			if (*end || n < 1 || n > 60000) {
+				say_error("mount option flush_interval=%s: give milliseconds from 1 to 60000", value);
+				ret = EXIT_USAGE;
+				break;
+			}
+			o->flush_interval = (unsigned int)n;
+		} else if (!strcmp(key, "journal_truncate") && !value) {
+			o->journal_truncate = true;
 		} else if (!strcmp(key, "remount") && !value) {
 			o->remount = true;
 		} else if (!strcmp(key, "debug") && !value) {
@@ -438,6 +456,8 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	cfg.kernel_opts = o->kernel;
 	cfg.debug = o->debug;
 	cfg.max_threads = o->max_threads;
+	cfg.flush_interval_ms = o->flush_interval;
+	cfg.journal_truncate = o->journal_truncate;
 	if (fs_open(&cfg, &fs)) {
 		say_error("mounting %s on %s failed; see the message above", b.path, mnt);
 		goto out;
