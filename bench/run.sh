@@ -8,6 +8,14 @@
 #
 #   bench/run.sh [--quick] [--out FILE]
 #   env: BENCH_DIR (default /var/tmp/drfs-bench), REPS (3), SEQ_SIZE (1G)
+#        BENCH_JOBS="job ..." runs only these jobs (names as in the report, or
+#          shell patterns: BENCH_JOBS="pgbench files-*"); default: all
+#        BENCH_SKIP_PGBENCH=1 leaves out pgbench; PGBENCH_TIME (30 s per run),
+#          PGBENCH_PORT (54331)
+#
+# pgbench: a PostgreSQL 15 server (postgres user, default settings: fsync and
+# synchronous_commit on) with its data directory in the target, scale 10,
+# 8 clients, prepared statements; it measures fsync-heavy commits.
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
 drfs=$top/drfs
@@ -16,10 +24,12 @@ reps=${REPS:-3}
 seq_size=${SEQ_SIZE:-1G}
 rand_time=${RAND_TIME:-15}
 nfiles=${NFILES:-50000}
+pg_time=${PGBENCH_TIME:-30}
+pg_port=${PGBENCH_PORT:-54331}
 out=""
 while [ $# -gt 0 ]; do
 	case $1 in
-	--quick) reps=1; seq_size=256M; rand_time=5; nfiles=10000 ;;
+	--quick) reps=1; seq_size=256M; rand_time=5; nfiles=10000; pg_time=10 ;;
 	--out) out=$2; shift ;;
 	*) echo "usage: bench/run.sh [--quick] [--out FILE]" >&2; exit 2 ;;
 	esac
@@ -30,12 +40,59 @@ for t in fio python3 tar; do
 done
 [ "$(id -u)" = 0 ] || { echo "bench: run as root (drops caches, mounts)" >&2; exit 1; }
 
+# The jobs, in report order; BENCH_JOBS selects among them.
+all_jobs="seqwrite seqread-cold seqread-cached randread-qd32-direct randread-qd1-direct
+	write4k-fdatasync write4k-fdatasync-4w write4k-fdatasync-16w
+	files-create files-stat files-unlink tar-x pgbench"
+set -f # BENCH_JOBS holds patterns, not file names
+for p in ${BENCH_JOBS:-}; do
+	m=""; for j in $all_jobs; do case $j in $p) m=1 ;; esac; done
+	[ -n "$m" ] || { echo "bench: BENCH_JOBS: no job $p (jobs:" $all_jobs")" >&2; exit 2; }
+done
+jobs=""
+for j in $all_jobs; do
+	[ "$j" = pgbench ] && [ "${BENCH_SKIP_PGBENCH:-0}" = 1 ] && continue
+	if [ -z "${BENCH_JOBS:-}" ]; then jobs="$jobs $j"; continue; fi
+	for p in $BENCH_JOBS; do
+		case $j in $p) jobs="$jobs $j"; break ;; esac
+	done
+done
+set +f
+[ -n "$jobs" ] || { echo "bench: no job left to run" >&2; exit 2; }
+# want JOB...: whether any of these jobs runs.
+want() {
+	local j
+	for j in "$@"; do
+		case " $jobs " in *" $j "*) return 0 ;; esac
+	done
+	return 1
+}
+pgbin=/usr/lib/postgresql/15/bin
+if want pgbench; then
+	[ -x "$pgbin/initdb" ] && [ -x "$pgbin/pgbench" ] && id postgres >/dev/null 2>&1 ||
+		{ echo "bench: PostgreSQL 15 is missing (make deps installs it; BENCH_SKIP_PGBENCH=1 skips pgbench)" >&2; exit 1; }
+fi
+
 cc -O2 -o "$top/build/metaops" "$top/bench/metaops.c" || exit 1
 rm -rf "$dir"; mkdir -p "$dir/native" "$dir/backing" "$dir/mnt"
 "$drfs" init "$dir/backing" >/dev/null || exit 1
-"$drfs" mount "$dir/backing" "$dir/mnt" || exit 1
+# allow_other: the pgbench job's server runs as the postgres user.
+"$drfs" mount "$dir/backing" "$dir/mnt" -o allow_other || exit 1
 pid=$(sed -n 's/^pid=//p' "$dir/backing/.drfs/mount")
+pg_data=""; pg_pid=""
+pg() { runuser -u postgres -- "$@"; }
+# pg_kill: stops the server of a pgbench run that did not finish (failure, signal).
+pg_kill() {
+	[ -n "$pg_pid" ] || return 0
+	if kill -0 "$pg_pid" 2>/dev/null; then
+		pg "$pgbin/pg_ctl" -D "$pg_data" -m immediate -w -t 30 stop >/dev/null 2>&1
+		pkill -9 -P "$pg_pid" 2>/dev/null
+		kill -9 "$pg_pid" 2>/dev/null
+	fi
+	pg_pid=""
+}
 cleanup() {
+	pg_kill
 	mountpoint -q "$dir/mnt" && { "$drfs" umount "$dir/mnt" || umount -l "$dir/mnt"; }
 	kill -9 "$pid" 2>/dev/null
 	rm -rf "$dir"
@@ -67,7 +124,38 @@ run_fio() {
 	local json=$dir/fio.json
 	fio --output-format=json --output="$json" --directory="$target" --name="$name" "$@" >/dev/null 2>"$dir/fio.err" ||
 		{ echo "bench: fio $name on $target failed: $(head -3 "$dir/fio.err")" >&2; exit 1; }
+	[ "$name" = randfile-prep ] || want "$name" || return 0
 	echo "$name $(basename "$target") $(fio_value "$json" "$kind")" >>"$results"
+}
+
+# run_pgbench TARGETDIR: initdb in TARGETDIR/pg, start, pgbench -i, a timed
+# pgbench run, stop, remove; records "pgbench TARGET TPS".
+pgfail() { echo "bench: pgbench on $1: $2 failed: $(tail -3 "$3")" >&2; exit 1; }
+run_pgbench() {
+	local target=$1 side log out tps
+	side=$(basename "$target")
+	log=$dir/pgsock/$side.log; out=$dir/pgbench.out
+	mkdir -p "$target/pg" "$dir/pgsock"
+	chown postgres:postgres "$target/pg" "$dir/pgsock"
+	pg_data=$target/pg/data
+	pg "$pgbin/initdb" -D "$pg_data" --no-locale -E UTF8 -A trust -U postgres >"$out" 2>&1 ||
+		pgfail "$side" initdb "$out"
+	pg "$pgbin/pg_ctl" -D "$pg_data" -l "$log" -w -t 120 \
+		-o "-k $dir/pgsock -p $pg_port -c listen_addresses=''" start >"$out" 2>&1
+	pg_pid=$(head -1 "$pg_data/postmaster.pid" 2>/dev/null)
+	[ -n "$pg_pid" ] && kill -0 "$pg_pid" 2>/dev/null || pgfail "$side" "pg_ctl start" "$log"
+	local c=(-h "$dir/pgsock" -p "$pg_port" -U postgres)
+	pg "$pgbin/pgbench" "${c[@]}" -i -s 10 -q postgres >"$out" 2>&1 || pgfail "$side" "pgbench -i" "$out"
+	# Both sides start the timed run without dirty pages from the load.
+	pg "$pgbin/psql" "${c[@]}" -X -q -c checkpoint postgres >"$out" 2>&1 || pgfail "$side" checkpoint "$out"
+	pg "$pgbin/pgbench" "${c[@]}" -c 8 -j 2 -T "$pg_time" -M prepared postgres >"$out" 2>&1 ||
+		pgfail "$side" pgbench "$out"
+	tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$out")
+	[ -n "$tps" ] || pgfail "$side" "reading tps from pgbench" "$out"
+	pg "$pgbin/pg_ctl" -D "$pg_data" -m fast -w -t 120 stop >"$out" 2>&1 || pgfail "$side" "pg_ctl stop" "$out"
+	pg_pid=""
+	rm -rf "$target/pg"
+	echo "pgbench $side $tps" >>"$results"
 }
 
 for rep in $(seq 1 "$reps"); do
@@ -75,41 +163,57 @@ for rep in $(seq 1 "$reps"); do
 		side=$(basename "$target")
 		echo "bench: round $rep/$reps on $side" >&2
 		rm -f "$target"/seq* "$target"/rand*
-		run_fio seqwrite "$target" bw --rw=write --bs=1M --size="$seq_size" --end_fsync=1 --ioengine=psync --filename=seqfile
-		drop
-		run_fio seqread-cold "$target" bw --rw=read --bs=1M --size="$seq_size" --ioengine=psync --filename=seqfile
-		# invalidate=0: fio would otherwise drop the file's pages first.
-		run_fio seqread-cached "$target" bw --rw=read --bs=1M --size="$seq_size" --ioengine=psync --invalidate=0 --filename=seqfile
-		rm -f "$target/seqfile"
-		run_fio randfile-prep "$target" bw --rw=write --bs=1M --size=1G --end_fsync=1 --filename=randfile
-		drop
-		run_fio randread-qd32-direct "$target" iops --rw=randread --bs=4k --size=1G --direct=1 --ioengine=io_uring --iodepth=32 --runtime="$rand_time" --time_based --filename=randfile
-		drop
-		run_fio randread-qd1-direct "$target" iops --rw=randread --bs=4k --size=1G --direct=1 --ioengine=psync --runtime="$rand_time" --time_based --filename=randfile
-		rm -f "$target/randfile"
-		run_fio write4k-fdatasync "$target" iops --rw=randwrite --bs=4k --size=256M --fdatasync=1 --ioengine=psync --runtime="$rand_time" --time_based --filename=syncfile
-		rm -f "$target/syncfile"
+		# seqwrite writes the file the seqread jobs read.
+		if want seqwrite seqread-cold seqread-cached; then
+			run_fio seqwrite "$target" bw --rw=write --bs=1M --size="$seq_size" --end_fsync=1 --ioengine=psync --filename=seqfile
+			drop
+			want seqread-cold && run_fio seqread-cold "$target" bw --rw=read --bs=1M --size="$seq_size" --ioengine=psync --filename=seqfile
+			# invalidate=0: fio would otherwise drop the file's pages first.
+			want seqread-cached && run_fio seqread-cached "$target" bw --rw=read --bs=1M --size="$seq_size" --ioengine=psync --invalidate=0 --filename=seqfile
+			rm -f "$target/seqfile"
+		fi
+		if want randread-qd32-direct randread-qd1-direct; then
+			run_fio randfile-prep "$target" bw --rw=write --bs=1M --size=1G --end_fsync=1 --filename=randfile
+			drop
+			want randread-qd32-direct && run_fio randread-qd32-direct "$target" iops --rw=randread --bs=4k --size=1G --direct=1 --ioengine=io_uring --iodepth=32 --runtime="$rand_time" --time_based --filename=randfile
+			drop
+			want randread-qd1-direct && run_fio randread-qd1-direct "$target" iops --rw=randread --bs=4k --size=1G --direct=1 --ioengine=psync --runtime="$rand_time" --time_based --filename=randfile
+			rm -f "$target/randfile"
+		fi
+		if want write4k-fdatasync; then
+			run_fio write4k-fdatasync "$target" iops --rw=randwrite --bs=4k --size=256M --fdatasync=1 --ioengine=psync --runtime="$rand_time" --time_based --filename=syncfile
+			rm -f "$target/syncfile"
+		fi
 		# Concurrent writers, one file each: what group commit is for.
 		for n in 4 16; do
+			want write4k-fdatasync-${n}w || continue
 			run_fio write4k-fdatasync-${n}w "$target" iops --rw=randwrite --bs=4k --size=64M --fdatasync=1 --ioengine=psync --runtime="$rand_time" --time_based --numjobs=$n --group_reporting
 			rm -f "$target"/write4k-fdatasync-${n}w.*
 		done
-		mkdir -p "$target/meta"
-		"$top/build/metaops" "$target/meta" "$nfiles" | while read -r phase secs rate; do
-			echo "files-$phase $side $rate" >>"$results"
-		done
-		rm -rf "$target/meta"
-		drop
-		start=$(date +%s.%N)
-		mkdir -p "$target/tar" && tar -xf "$tarball" -C "$target/tar" && sync -f "$target/tar" ||
-			{ echo "bench: tar -x on $side failed" >&2; exit 1; }
-		end=$(date +%s.%N)
-		echo "tar-x $side $(python3 -c "print('%.1f' % ($tar_mb / ($end - $start)))")" >>"$results"
-		rm -rf "$target/tar"
+		if want files-create files-stat files-unlink; then
+			mkdir -p "$target/meta"
+			"$top/build/metaops" "$target/meta" "$nfiles" | while read -r phase secs rate; do
+				want "files-$phase" && echo "files-$phase $side $rate" >>"$results"
+			done
+			rm -rf "$target/meta"
+		fi
+		if want tar-x; then
+			drop
+			start=$(date +%s.%N)
+			mkdir -p "$target/tar" && tar -xf "$tarball" -C "$target/tar" && sync -f "$target/tar" ||
+				{ echo "bench: tar -x on $side failed" >&2; exit 1; }
+			end=$(date +%s.%N)
+			echo "tar-x $side $(python3 -c "print('%.1f' % ($tar_mb / ($end - $start)))")" >>"$results"
+			rm -rf "$target/tar"
+		fi
+		if want pgbench; then
+			drop
+			run_pgbench "$target"
+		fi
 	done
 done
 
-report=$(python3 - "$results" "$reps" "$tar_files" "$tar_mb" "$nfiles" "$seq_size" <<'PY'
+report=$(python3 - "$results" "$reps" "$tar_files" "$tar_mb" "$nfiles" "$seq_size" "$pg_time" <<'PY'
 import sys, statistics, collections
 rows = collections.defaultdict(lambda: collections.defaultdict(list))
 order = []
@@ -123,7 +227,7 @@ for line in open(sys.argv[1]):
 units = {"seqwrite": "MiB/s", "seqread-cold": "MiB/s", "seqread-cached": "MiB/s",
          "randread-qd32-direct": "IOPS", "randread-qd1-direct": "IOPS",
          "write4k-fdatasync": "IOPS", "write4k-fdatasync-4w": "IOPS",
-         "write4k-fdatasync-16w": "IOPS", "tar-x": "MiB/s"}
+         "write4k-fdatasync-16w": "IOPS", "tar-x": "MiB/s", "pgbench": "TPS"}
 print("| job | unit | native (median) | drfs (median) | drfs/native |")
 print("|---|---|---:|---:|---:|")
 for name in order:
@@ -132,6 +236,9 @@ for name in order:
 print()
 print("runs per job: %s; sequential file %s; %s small files; tarball %s files, %s MiB" %
       (sys.argv[2], sys.argv[6], sys.argv[5], sys.argv[3], sys.argv[4]))
+if "pgbench" in order:
+    print("pgbench: PostgreSQL 15, scale 10, 8 clients, 2 threads, prepared statements, %s s per run" %
+          sys.argv[7])
 PY
 )
 echo "$report"
