@@ -327,13 +327,30 @@ static void encode_payload(const struct jrec *r, struct wbuf *w)
 	}
 }
 
+/* The 40-byte header of R at B, for a record of LEN bytes with a PLEN-byte payload. */
+static void put_header(unsigned char *b, const struct jrec *r, size_t len, size_t plen,
+		       uint32_t pcrc)
+{
+	struct wbuf w = { b };
+
+	put32(&w, (uint32_t)len);
+	put(&w, &r->type, 2);
+	put(&w, &r->flags, 2);
+	put64(&w, r->lsn);
+	put64(&w, r->time_ns);
+	put32(&w, (uint32_t)plen);
+	put32(&w, pcrc);
+	put32(&w, 0);
+	put32(&w, crc32c(0, b, 36));
+}
+
 size_t jrec_encode_head(const struct jrec *r, void *buf, size_t *head_len)
 {
 	struct jrec h = *r;
 	size_t len = jrec_size(r), plen = payload_size(r);
 	unsigned char *b = buf;
 	struct wbuf w;
-	uint32_t pcrc, hcrc;
+	uint32_t pcrc;
 
 	if (!len || (r->type != JR_WRITE && r->type != JR_COPY))
 		return 0;
@@ -343,17 +360,7 @@ size_t jrec_encode_head(const struct jrec *r, void *buf, size_t *head_len)
 	*head_len = (size_t)(w.p - b);
 	pcrc = crc32c(0, b + JREC_HEADER, *head_len - JREC_HEADER);
 	pcrc = crc32c(pcrc, r->data, r->data_len);
-	w.p = b;
-	put32(&w, (uint32_t)len);
-	put(&w, &r->type, 2);
-	put(&w, &r->flags, 2);
-	put64(&w, r->lsn);
-	put64(&w, r->time_ns);
-	put32(&w, (uint32_t)plen);
-	put32(&w, pcrc);
-	put32(&w, 0);
-	hcrc = crc32c(0, b, 36);
-	put32(&w, hcrc);
+	put_header(b, r, len, plen, pcrc);
 	return len;
 }
 
@@ -372,24 +379,14 @@ size_t jrec_encode(const struct jrec *r, void *buf)
 	size_t len = jrec_size(r), plen = payload_size(r);
 	unsigned char *b = buf;
 	struct wbuf w = { b + JREC_HEADER };
-	uint32_t pcrc, hcrc;
+	uint32_t pcrc;
 
 	if (!len)
 		return 0;
 	encode_payload(r, &w);
 	memset(w.p, 0, (size_t)(b + len - w.p));
 	pcrc = crc32c(0, b + JREC_HEADER, plen);
-	w.p = b;
-	put32(&w, (uint32_t)len);
-	put(&w, &r->type, 2);
-	put(&w, &r->flags, 2);
-	put64(&w, r->lsn);
-	put64(&w, r->time_ns);
-	put32(&w, (uint32_t)plen);
-	put32(&w, pcrc);
-	put32(&w, 0);
-	hcrc = crc32c(0, b, 36);
-	put32(&w, hcrc);
+	put_header(b, r, len, plen, pcrc);
 	return len;
 }
 
