@@ -390,16 +390,22 @@ static int switch_segment(struct journal *j, uint64_t first)
 	bool have;
 
 	jseg_name(name, j->timeline, first);
+	/* spare names are taken and given under the lock (a rename does not wait for the disk) */
 	pthread_mutex_lock(&j->lock);
 	have = j->spares > 0;
-	if (have)
-		snprintf(spare, sizeof(spare), "spare-%u.seg", --j->spares);
+	if (have) {
+		snprintf(spare, sizeof(spare), "spare-%u.seg", j->spares - 1);
+		if (renameat(j->dirfd, spare, j->dirfd, name) < 0) {
+			ret = -errno;
+			pthread_mutex_unlock(&j->lock);
+			return ret;
+		}
+		j->spares--;
+	}
 	j->want_spare = true;
 	pthread_cond_broadcast(&j->tick);
 	pthread_mutex_unlock(&j->lock);
 	if (have) {
-		if (renameat(j->dirfd, spare, j->dirfd, name) < 0)
-			return -errno;
 		fd = openat(j->dirfd, name, O_WRONLY | O_CLOEXEC);
 		if (fd < 0)
 			return -errno;
@@ -661,16 +667,15 @@ static void recycle(struct journal *j)
 		memmove(j->segs, j->segs + 1, (j->nseg - 1) * sizeof(*j->segs));
 		j->nseg--;
 		keep = j->spares < SPARES_KEPT;
-		if (keep)
+		if (keep) {
 			snprintf(spare, sizeof(spare), "spare-%u.seg", j->spares);
-		pthread_mutex_unlock(&j->lock);
-		if (keep && renameat(j->dirfd, name, j->dirfd, spare) == 0) {
-			pthread_mutex_lock(&j->lock);
-			j->spares++;
-			pthread_mutex_unlock(&j->lock);
-		} else {
-			unlinkat(j->dirfd, name, 0);
+			keep = renameat(j->dirfd, name, j->dirfd, spare) == 0;
+			if (keep)
+				j->spares++;
 		}
+		pthread_mutex_unlock(&j->lock);
+		if (!keep)
+			unlinkat(j->dirfd, name, 0);
 		fsync(j->dirfd);
 	}
 }
@@ -689,17 +694,25 @@ static void make_spare(struct journal *j)
 	pthread_mutex_unlock(&j->lock);
 	unlinkat(j->dirfd, "spare.tmp", 0);
 	ret = jseg_create(j->dirfd, "spare.tmp", j->timeline, UINT64_MAX, j->seg_size);
-	pthread_mutex_lock(&j->lock);
-	snprintf(spare, sizeof(spare), "spare-%u.seg", j->spares);
-	pthread_mutex_unlock(&j->lock);
-	if (!ret && renameat(j->dirfd, "spare.tmp", j->dirfd, spare) == 0 && fsync(j->dirfd) == 0) {
+	if (!ret) {
 		pthread_mutex_lock(&j->lock);
-		j->spares++;
-		j->want_spare = j->spares < SPARES_WANTED;
+		snprintf(spare, sizeof(spare), "spare-%u.seg", j->spares);
+		if (renameat(j->dirfd, "spare.tmp", j->dirfd, spare) == 0) {
+			j->spares++;
+			j->want_spare = j->spares < SPARES_WANTED;
+		} else {
+			ret = -errno;
+		}
 		pthread_mutex_unlock(&j->lock);
-	} else {
-		log_warn("journal: cannot prepare a spare segment in %s: %s", j->dir,
-			 strerror(ret ? -ret : errno));
+	}
+	if (!ret && fsync(j->dirfd) < 0)
+		ret = -errno;
+	if (ret) {
+		/* asked again at the next segment switch, not retried in a loop */
+		log_warn("journal: cannot prepare a spare segment in %s: %s", j->dir, strerror(-ret));
+		pthread_mutex_lock(&j->lock);
+		j->want_spare = false;
+		pthread_mutex_unlock(&j->lock);
 	}
 }
 
