@@ -242,7 +242,13 @@ static struct drfs_inode *inode_new(struct drfs_fs *fs, int dirfd, const char *n
 	in->ino = st->st_ino;
 	in->type = st->st_mode & S_IFMT;
 	in->fd = -1;
-	if (S_ISDIR(st->st_mode) || !have_handle) {
+	/*
+	 * Directories keep an fd for lookups.  So do fifos, sockets and device
+	 * nodes: their opens never reach us, so an fd is what keeps an open but
+	 * unlinked one reachable for getattr, as on the backing filesystem.
+	 */
+	if (S_ISDIR(st->st_mode) || S_ISFIFO(st->st_mode) || S_ISSOCK(st->st_mode) ||
+	    S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode) || !have_handle) {
 		in->fd = *name ? openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
 			       : fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
 		if (in->fd < 0) {

@@ -28,4 +28,11 @@ check_eq "POSIX locks and flock" "$expected" "$("$FSOPS" locks lockfile)"
 flock -n lockfile true
 check "flock(1) on a free file" [ $? = 0 ]
 cd /
+# an open fifo whose name is gone still answers fstat (link count 0), as natively
+mkfifo "$M/gonefifo"
+check_eq "fstat of an open, unlinked fifo" "nlink 0" "$(python3 -c "
+import os
+fd = os.open('$M/gonefifo', os.O_RDWR | os.O_NONBLOCK)
+os.unlink('$M/gonefifo')
+print('nlink', os.fstat(fd).st_nlink)" 2>&1)"
 finish
