@@ -29,7 +29,7 @@ EXTRA :=
 endif
 
 COMMON_SRC := common/log.c common/util.c
-JOURNAL_SRC := journal/record.c journal/journal.c journal/reader.c journal/apply.c
+JOURNAL_SRC := journal/record.c journal/journal.c journal/reader.c journal/apply.c journal/reconcile.c
 FS_SRC     := fs/inode.c fs/mutate.c fs/ops.c fs/session.c
 TOOLS_SRC  := tools/drfs.c tools/cmd_init.c tools/cmd_mount.c tools/cmd_status.c tools/cmd_journal.c
 DRFS_SRC   := $(COMMON_SRC) $(JOURNAL_SRC) $(FS_SRC) $(TOOLS_SRC)

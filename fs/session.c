@@ -92,7 +92,8 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 		struct journal_config jc = { .dir = cfg->journal_dir, .backing_fd = fs->mount_fd,
 					     .stats_path = cfg->journal_stats,
 					     .flush_interval_ms = cfg->flush_interval_ms,
-					     .truncate_damaged = cfg->journal_truncate };
+					     .truncate_damaged = cfg->journal_truncate,
+					     .full_replay = cfg->full_replay };
 		struct replay_result rr;
 
 		ret = journal_open(&jc, &fs->journal, &rr);

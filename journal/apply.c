@@ -74,17 +74,9 @@ struct map_ent {
 	struct map_ent *next;
 };
 
-struct link_ent {
-	struct jfid fid;
-	int64_t links;             /* names made minus names removed in the replayed range */
-	struct link_ent *next;
-};
-
 struct replay_map {
 	struct map_ent *b[MAP_BUCKETS];
-	struct link_ent *created[MAP_BUCKETS]; /* objects created in the replayed range */
 	int fd;                    /* replay.map, or -1 */
-	bool objects_only;         /* apply no namespace record */
 };
 
 struct replay_map *replay_map_new(void)
@@ -102,16 +94,11 @@ void replay_map_free(struct replay_map *m)
 		return;
 	if (m->fd >= 0)
 		close(m->fd);
-	for (size_t i = 0; i < MAP_BUCKETS; i++) {
+	for (size_t i = 0; i < MAP_BUCKETS; i++)
 		for (struct map_ent *e = m->b[i], *n; e; e = n) {
 			n = e->next;
 			free(e);
 		}
-		for (struct link_ent *e = m->created[i], *n; e; e = n) {
-			n = e->next;
-			free(e);
-		}
-	}
 	free(m);
 }
 
@@ -120,7 +107,7 @@ static size_t map_slot(struct jfid f)
 	return (size_t)((f.ino * 0x9E3779B97F4A7C15ull) ^ f.gen) % MAP_BUCKETS;
 }
 
-static struct jfid map_get(struct replay_map *m, struct jfid f)
+struct jfid replay_map_get(struct replay_map *m, struct jfid f)
 {
 	for (struct map_ent *e = m ? m->b[map_slot(f)] : NULL; e; e = e->next)
 		if (fid_eq(e->from, f))
@@ -128,7 +115,7 @@ static struct jfid map_get(struct replay_map *m, struct jfid f)
 	return f;
 }
 
-static int map_put(struct replay_map *m, struct jfid from, struct jfid to)
+int replay_map_put(struct replay_map *m, struct jfid from, struct jfid to)
 {
 	struct map_ent *e;
 	size_t s = map_slot(from);
@@ -174,7 +161,7 @@ static int map_load(struct replay_map *m, const char *dir)
 		memcpy(&from.gen, rec + 8, 4);
 		memcpy(&to.ino, rec + 12, 8);
 		memcpy(&to.gen, rec + 20, 4);
-		if (map_put(m, from, to) < 0) {
+		if (replay_map_put(m, from, to) < 0) {
 			close(fd);
 			return -ENOMEM;
 		}
@@ -183,64 +170,14 @@ static int map_load(struct replay_map *m, const char *dir)
 	return 0;
 }
 
-static struct link_ent *created_get(struct replay_map *m, struct jfid f)
-{
-	for (struct link_ent *e = m->created[map_slot(f)]; e; e = e->next)
-		if (fid_eq(e->fid, f))
-			return e;
-	return NULL;
-}
-
-/* Pass 1 bookkeeping: counts the names of objects created in the range. */
-static int count_links(struct replay_map *m, const struct jrec *r)
-{
-	struct link_ent *e;
-
-	switch (r->type) {
-	case JR_CREATE:
-		if (created_get(m, r->fid))
-			return 0;
-		e = calloc(1, sizeof(*e));
-		if (!e)
-			return -ENOMEM;
-		e->fid = r->fid;
-		e->links = 1;
-		e->next = m->created[map_slot(r->fid)];
-		m->created[map_slot(r->fid)] = e;
-		return 0;
-	case JR_LINK:
-		if ((e = created_get(m, r->fid)))
-			e->links++;
-		return 0;
-	case JR_UNLINK:
-		if ((e = created_get(m, r->fid)))
-			e->links--;
-		return 0;
-	case JR_RENAME:
-		if (!(r->xflags & RENAME_EXCHANGE) && (e = created_get(m, r->fid4)))
-			e->links--;
-		return 0;
-	default:
-		return 0;
-	}
-}
-
-/* Whether FID was created in the replayed range and has no name at its end. */
-static bool dead_at_end(struct replay_map *m, struct jfid f)
-{
-	struct link_ent *e = created_get(m, f);
-
-	return e && e->links <= 0;
-}
-
 /* An fd for FID with open FLAGS; -ESTALE when the object is gone. */
-static int open_fid(int root_fd, struct replay_map *m, struct jfid fid, int flags)
+int replay_open_fid(int root_fd, struct replay_map *m, struct jfid fid, int flags)
 {
 	struct fh8 h;
 	uint32_t ino32, gen;
 	int fd;
 
-	fid = map_get(m, fid);
+	fid = replay_map_get(m, fid);
 	if (fid_zero(fid)) {
 		fd = openat(root_fd, ".", flags | O_CLOEXEC);
 		return fd < 0 ? -errno : fd;
@@ -259,194 +196,9 @@ static int open_fid(int root_fd, struct replay_map *m, struct jfid fid, int flag
 	return fd;
 }
 
-/*
- * Whether NAME in DIRFD holds FID (mapped): 1 yes, 0 it holds something
- * else, -ENOENT nothing.
- */
-static int name_holds(int dirfd, const char *name, struct replay_map *m, struct jfid fid)
-{
-	struct jfid f;
-	int ret = apply_fid_of(dirfd, name, &f);
-
-	if (ret < 0)
-		return ret;
-	return fid_eq(f, map_get(m, fid));
-}
-
 static void proc_path(char *buf, size_t n, int fd)
 {
 	snprintf(buf, n, "/proc/self/fd/%d", fd);
-}
-
-static char *cstr(const char *s, uint16_t n)
-{
-	char *c = malloc((size_t)n + 1);
-
-	if (c) {
-		memcpy(c, s, n);
-		c[n] = 0;
-	}
-	return c;
-}
-
-static int replay_create(int root_fd, struct replay_map *m, const struct jrec *r)
-{
-	char *name = cstr(r->name, r->name_len), *target = NULL;
-	struct jfid nf;
-	struct stat st;
-	int fd = -1, dfd = -1, ret = 0, tfd;
-
-	if (!name)
-		return -ENOMEM;
-	if (!fid_zero(r->fid) && (tfd = open_fid(root_fd, m, r->fid, O_PATH)) >= 0) {
-		close(tfd);
-		goto out;                       /* exists: applied before */
-	}
-	if (dead_at_end(m, r->fid))
-		goto out;                       /* removed later in the range: nothing to make */
-	dfd = open_fid(root_fd, m, r->fid2, O_PATH | O_DIRECTORY);
-	if (dfd < 0) {
-		ret = dfd == -ESTALE ? 0 : dfd;
-		goto out;
-	}
-	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
-		goto out;                       /* the name is taken: superseded */
-	switch (r->mode & S_IFMT) {
-	case S_IFREG:
-		fd = openat(dfd, name, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0);
-		ret = fd < 0 ? -errno : 0;
-		break;
-	case S_IFDIR:
-		ret = mkdirat(dfd, name, 0) < 0 ? -errno : 0;
-		break;
-	case S_IFLNK:
-		target = cstr(r->name2, r->name2_len);
-		ret = !target ? -ENOMEM : symlinkat(target, dfd, name) < 0 ? -errno : 0;
-		break;
-	default:
-		ret = mknodat(dfd, name, r->mode & (S_IFMT | 07777), (dev_t)r->rdev) < 0 ? -errno : 0;
-		break;
-	}
-	if (ret)
-		goto out;
-	if (fchownat(dfd, name, r->uid, r->gid, AT_SYMLINK_NOFOLLOW) < 0) {
-		ret = -errno;
-		goto out;
-	}
-	if ((r->mode & S_IFMT) != S_IFLNK) {
-		int pfd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-		char p[40];
-		if (pfd < 0) {
-			ret = -errno;
-			goto out;
-		}
-		proc_path(p, sizeof(p), pfd);
-		ret = chmod(p, r->mode & 07777) < 0 ? -errno : 0;
-		close(pfd);
-		if (ret)
-			goto out;
-	}
-	ret = apply_fid_of(dfd, name, &nf);
-	if (!ret && !fid_zero(r->fid))
-		ret = map_put(m, r->fid, nf);
-	if (!ret)
-		ret = 1;
-out:
-	if (fd >= 0)
-		close(fd);
-	if (dfd >= 0)
-		close(dfd);
-	free(name);
-	free(target);
-	return ret;
-}
-
-static int replay_link(int root_fd, struct replay_map *m, const struct jrec *r)
-{
-	char *name = cstr(r->name, r->name_len);
-	struct stat st;
-	int ofd, dfd = -1, ret = 0;
-
-	if (!name)
-		return -ENOMEM;
-	ofd = open_fid(root_fd, m, r->fid, O_PATH);
-	if (ofd < 0) {
-		free(name);
-		return ofd == -ESTALE ? 0 : ofd;
-	}
-	dfd = open_fid(root_fd, m, r->fid2, O_PATH | O_DIRECTORY);
-	if (dfd < 0)
-		ret = dfd == -ESTALE ? 0 : dfd;
-	else if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
-		ret = 0;
-	else
-		ret = linkat(ofd, "", dfd, name, AT_EMPTY_PATH) < 0 ? -errno : 1;
-	close(ofd);
-	if (dfd >= 0)
-		close(dfd);
-	free(name);
-	return ret;
-}
-
-static int replay_unlink(int root_fd, struct replay_map *m, const struct jrec *r)
-{
-	char *name = cstr(r->name, r->name_len);
-	int dfd, ret;
-
-	if (!name)
-		return -ENOMEM;
-	dfd = open_fid(root_fd, m, r->fid2, O_PATH | O_DIRECTORY);
-	if (dfd < 0) {
-		free(name);
-		return dfd == -ESTALE ? 0 : dfd;
-	}
-	ret = name_holds(dfd, name, m, r->fid);
-	if (ret == 1)
-		ret = unlinkat(dfd, name, (r->flags & JR_UNLINK_DIR) ? AT_REMOVEDIR : 0) < 0 ? -errno : 1;
-	else
-		ret = 0;
-	close(dfd);
-	free(name);
-	return ret;
-}
-
-static int replay_rename(int root_fd, struct replay_map *m, const struct jrec *r)
-{
-	char *oname = cstr(r->name, r->name_len), *nname = cstr(r->name2, r->name2_len);
-	int ofd = -1, nfd = -1, ret = 0, t;
-
-	if (!oname || !nname) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	ofd = open_fid(root_fd, m, r->fid, O_PATH | O_DIRECTORY);
-	nfd = ofd < 0 ? -1 : open_fid(root_fd, m, r->fid2, O_PATH | O_DIRECTORY);
-	if (ofd < 0 || nfd < 0) {
-		ret = (ofd < 0 ? ofd : nfd) == -ESTALE ? 0 : (ofd < 0 ? ofd : nfd);
-		goto out;
-	}
-	if (name_holds(ofd, oname, m, r->fid3) != 1)
-		goto out;
-	t = name_holds(nfd, nname, m, r->fid4);
-	if (!fid_zero(r->fid4) && t == -ENOENT && !(r->xflags & RENAME_EXCHANGE)) {
-		/* the replaced object is gone (or was never made again): nothing to replace */
-		int vfd = open_fid(root_fd, m, r->fid4, O_PATH);
-		if (vfd >= 0)
-			close(vfd);
-		else if (vfd == -ESTALE)
-			t = 1;
-	}
-	if (fid_zero(r->fid4) ? t != -ENOENT : t != 1)
-		goto out;
-	ret = renameat2(ofd, oname, nfd, nname, r->xflags) < 0 ? -errno : 1;
-out:
-	if (ofd >= 0)
-		close(ofd);
-	if (nfd >= 0)
-		close(nfd);
-	free(oname);
-	free(nname);
-	return ret;
 }
 
 static int pwrite_all(int fd, const void *buf, size_t len, off_t off)
@@ -471,7 +223,7 @@ static int pwrite_all(int fd, const void *buf, size_t len, off_t off)
 
 static int replay_data(int root_fd, struct replay_map *m, const struct jrec *r)
 {
-	int fd = open_fid(root_fd, m, r->fid, O_WRONLY), ret;
+	int fd = replay_open_fid(root_fd, m, r->fid, O_WRONLY), ret;
 
 	if (fd < 0)
 		return fd == -ESTALE ? 0 : fd;
@@ -515,8 +267,8 @@ int apply_setattr_fd(int fd, const struct jrec *r)
 
 static int replay_xattr(int root_fd, struct replay_map *m, const struct jrec *r)
 {
-	char *name = cstr(r->name, r->name_len), p[40];
-	int fd = open_fid(root_fd, m, r->fid, O_PATH), ret;
+	char *name = strndup(r->name, r->name_len), p[40];
+	int fd = replay_open_fid(root_fd, m, r->fid, O_PATH), ret;
 
 	if (fd < 0 || !name) {
 		free(name);
@@ -538,24 +290,13 @@ int apply_record(int root_fd, struct replay_map *m, const struct jrec *r)
 {
 	int fd, ret;
 
-	if (m && m->objects_only &&
-	    (r->type == JR_CREATE || r->type == JR_LINK || r->type == JR_UNLINK || r->type == JR_RENAME))
-		return 0;
 	switch (r->type) {
-	case JR_CREATE:
-		return replay_create(root_fd, m, r);
-	case JR_LINK:
-		return replay_link(root_fd, m, r);
-	case JR_UNLINK:
-		return replay_unlink(root_fd, m, r);
-	case JR_RENAME:
-		return replay_rename(root_fd, m, r);
 	case JR_WRITE:
 	case JR_COPY:
 	case JR_FALLOCATE:
 		return replay_data(root_fd, m, r);
 	case JR_SETATTR:
-		fd = open_fid(root_fd, m, r->fid, O_PATH | O_NOFOLLOW);
+		fd = replay_open_fid(root_fd, m, r->fid, O_PATH | O_NOFOLLOW);
 		if (fd < 0)
 			return fd == -ESTALE ? 0 : fd;
 		ret = apply_setattr_fd(fd, r);
@@ -565,7 +306,7 @@ int apply_record(int root_fd, struct replay_map *m, const struct jrec *r)
 	case JR_REMOVEXATTR:
 		return replay_xattr(root_fd, m, r);
 	default:
-		return 0;       /* ABORT, SEAL, RECOVERED change nothing */
+		return 0;       /* namespace records: ns_reconcile(); ABORT, SEAL, RECOVERED: nothing */
 	}
 }
 
@@ -601,6 +342,7 @@ int journal_replay_dir(const char *dir, int root_fd, uint64_t from, bool full,
 {
 	struct lsn_set aborted = { 0 };
 	struct replay_map *map = replay_map_new();
+	struct ns_log *ns = full ? ns_log_new() : NULL;
 	struct jreader *rd = NULL;
 	struct jrec r;
 	mode_t old_mask;
@@ -608,13 +350,15 @@ int journal_replay_dir(const char *dir, int root_fd, uint64_t from, bool full,
 
 	memset(rr, 0, sizeof(*rr));
 	rr->from = from;
-	if (!map)
+	if (!map || (full && !ns)) {
+		replay_map_free(map);
+		ns_log_free(ns);
 		return -ENOMEM;
+	}
 	/* pass 1: which records were aborted */
 	ret = jreader_open(dir, from, &rd);
-	map->objects_only = !full;
 	while (!ret && (ret = jreader_next(rd, &r)) == 1)
-		ret = r.type == JR_ABORT ? set_add(&aborted, r.lsn2) : count_links(map, &r);
+		ret = r.type == JR_ABORT ? set_add(&aborted, r.lsn2) : ns ? ns_log_add(ns, &r) : 0;
 	if (ret < 0)
 		goto out;
 	rr->to = jreader_lsn(rd);
@@ -630,6 +374,15 @@ int journal_replay_dir(const char *dir, int root_fd, uint64_t from, bool full,
 		goto out;
 	}
 	old_mask = umask(0);
+	if (ns) {
+		ret = ns_reconcile(ns, root_fd, map, &rr->applied);
+		if (ret) {
+			log_error("journal replay: cannot bring the names in the tree in line with the "
+				  "journal: %s", strerror(-ret));
+			umask(old_mask);
+			goto out;
+		}
+	}
 	ret = jreader_open(dir, from, &rd);
 	while (!ret && jreader_lsn(rd) < rr->to && (ret = jreader_next(rd, &r)) == 1) {
 		ret = 0;
@@ -656,6 +409,7 @@ int journal_replay_dir(const char *dir, int root_fd, uint64_t from, bool full,
 out:
 	jreader_close(rd);
 	free(aborted.v);
+	ns_log_free(ns);
 	replay_map_free(map);
 	return ret < 0 ? ret : 0;
 }

@@ -59,6 +59,20 @@ bool jreader_sealed(struct jreader *rd);
  */
 int jlog_valid_after(const char *dir, uint64_t pos, uint64_t *found);
 
+/* apply.c: fids to fds through the replay's translations */
+int replay_open_fid(int root_fd, struct replay_map *m, struct jfid fid, int flags);
+struct jfid replay_map_get(struct replay_map *m, struct jfid f);
+int replay_map_put(struct replay_map *m, struct jfid from, struct jfid to);
+
+/* reconcile.c: the namespace of a full replay, brought to the log's end state */
+struct ns_log;
+struct ns_log *ns_log_new(void);
+void ns_log_free(struct ns_log *l);
+/* Takes namespace record R into account (others are ignored).  0 or -errno. */
+int ns_log_add(struct ns_log *l, const struct jrec *r);
+/* Brings the names L touched to their end state under ROOT_FD.  0 or -errno. */
+int ns_reconcile(struct ns_log *l, int root_fd, struct replay_map *m, uint64_t *applied);
+
 /* Superblock slot write: slot SB->seq % 2 of DIRFD/super, made durable.  0 or -errno. */
 int jsuper_write(int dirfd, const struct jsuper *sb);
 void boot_id(unsigned char id[16]);

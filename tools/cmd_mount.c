@@ -458,6 +458,9 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	cfg.max_threads = o->max_threads;
 	cfg.flush_interval_ms = o->flush_interval;
 	cfg.journal_truncate = o->journal_truncate;
+	/* a test aid: replay as after a machine restart (namespace records too) */
+	const char *full = getenv("DRFS_REPLAY_FULL");
+	cfg.full_replay = full && *full && strcmp(full, "0");
 	if (fs_open(&cfg, &fs)) {
 		say_error("mounting %s on %s failed; see the message above", b.path, mnt);
 		goto out;

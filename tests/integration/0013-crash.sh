@@ -68,8 +68,11 @@ verify_round() {
 }
 
 # remount N: the mount after crash N; a failure ends the test with drfs's message.
+# Every other crash is replayed as after a machine restart (DRFS_REPLAY_FULL).
 remount() {
-	if ! "$DRFS" mount "$B" "$M" 2>"$T/mount.err"; then
+	local full=
+	[ $(($1 % 2)) = 0 ] && full=1
+	if ! DRFS_REPLAY_FULL=$full "$DRFS" mount "$B" "$M" 2>"$T/mount.err"; then
 		fail "drfs mount after crash $1: $(cat "$T/mount.err")"
 		tail -5 "$B/.drfs/drfs.log" 2>/dev/null | sed 's/^/    drfs.log: /'
 		finish

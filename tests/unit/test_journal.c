@@ -92,7 +92,8 @@ static void digest_dir(struct strbuf *b, const char *dir, const char *rel)
 
 	assert_non_null(d);
 	while ((de = readdir(d)))
-		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") && strcmp(de->d_name, ".j"))
+		if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..") && strcmp(de->d_name, ".j") &&
+		    strcmp(de->d_name, ".drfs"))
 			names[n++] = strdup(de->d_name);
 	closedir(d);
 	qsort(names, n, sizeof(*names), name_cmp);
