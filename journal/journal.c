@@ -323,26 +323,20 @@ static int write_sync(int fd, struct iovec *iov, int n, off_t off)
 
 /*
  * Writes IOV (N entries, contiguous bytes starting at file offset OFF) to
- * the current segment, then flushes it when FLUSH.  Writes go in groups of
- * GROUP_SQES writev submissions; the flush is linked behind the last group.
+ * the current segment through the ring (writev submissions in groups of
+ * GROUP_SQES, RUN_IOV vectors each), then, when FLUSH, makes the segment
+ * durable.  The flush is an fdatasync(2) from this thread: the ring's
+ * IORING_OP_FSYNC always runs in an io-wq worker, and the extra hand-offs
+ * cost a quarter of the single-writer fsync rate here (docs/benchmarks.md).
  * 0 or -errno.
  */
 static int write_and_flush(struct journal *j, int n, off_t off, bool flush)
 {
-	size_t want[GROUP_SQES + 1];
+	size_t want[GROUP_SQES];
 	off_t pos = off;
 	int i = 0, ret = 0;
 
-	if (getenv("DRFS_SYNCIO")) {
-		ret = write_sync(j->cur_fd, j->iov, n, off);
-		if (!ret && flush && fdatasync(j->cur_fd) < 0)
-			ret = -errno;
-		if (!ret && flush)
-			j->flushes++;
-		return ret;
-	}
-
-	do {
+	while (!ret && i < n) {
 		unsigned sq = 0;
 
 		while (i < n && sq < GROUP_SQES) {
@@ -353,38 +347,23 @@ static int write_and_flush(struct journal *j, int n, off_t off, bool flush)
 			for (int k = 0; k < cnt; k++)
 				bytes += j->iov[i + k].iov_len;
 			io_uring_prep_writev(sqe, j->cur_fd, j->iov + i, (unsigned)cnt, (uint64_t)pos);
-			if (flush && getenv("DRFS_LINK"))
-				sqe->flags |= IOSQE_IO_LINK;
 			sqe->user_data = sq;
 			want[sq++] = bytes;
 			pos += (off_t)bytes;
 			i += cnt;
 		}
-		if (flush && i >= n) {
-			/* IO_DRAIN: the flush starts once every write before it is done */
-			struct io_uring_sqe *sqe = io_uring_get_sqe(&j->ring);
-			io_uring_prep_fsync(sqe, j->cur_fd, IORING_FSYNC_DATASYNC);
-			if (!getenv("DRFS_LINK"))
-				io_uring_sqe_set_flags(sqe, IOSQE_IO_DRAIN);
-			sqe->user_data = sq;
-			want[sq++] = SIZE_MAX;
-		}
-		if (!sq)
-			break;
 		ret = io_uring_submit(&j->ring);
 		if (ret >= 0)
 			ret = reap(j, sq, want);
-	} while (!ret && i < n);
+	}
+	if (ret == -EAGAIN)     /* a short write: finish the plain way */
+		ret = write_sync(j->cur_fd, j->iov, n, off);
 	if (n && fault(&j->cfg.fail_write_at, ++j->writes_done))
 		ret = -EIO;
-	if (ret == -EAGAIN || ret == -ECANCELED) {
-		/* a short write: finish the plain way */
-		ret = write_sync(j->cur_fd, j->iov, n, off);
-		if (!ret && flush && fdatasync(j->cur_fd) < 0)
-			ret = -errno;
-	}
 	if (!ret && flush) {
-		if (fault(&j->cfg.fail_flush_at, ++j->flushes_done))
+		if (fdatasync(j->cur_fd) < 0)
+			ret = -errno;
+		else if (fault(&j->cfg.fail_flush_at, ++j->flushes_done))
 			ret = -EIO;
 		else
 			j->flushes++;
