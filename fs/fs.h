@@ -28,6 +28,7 @@ struct fs_config {
 	const char *journal_dir;  /* STATE/journal; NULL: no journal (unit tests only) */
 	const char *journal_stats;/* file the journal counters are written to, or NULL */
 	unsigned int flush_interval_ms; /* journal flush interval (0: default) */
+	unsigned int seal_age_ms; /* journal segment age limit (0: default) */
 	bool journal_truncate;    /* replay up to damage even when valid records follow */
 	bool full_replay;         /* replay namespace records too, as after a machine restart */
 };

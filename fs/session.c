@@ -92,6 +92,7 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 		struct journal_config jc = { .dir = cfg->journal_dir, .backing_fd = fs->mount_fd,
 					     .stats_path = cfg->journal_stats,
 					     .flush_interval_ms = cfg->flush_interval_ms,
+					     .seal_age_ms = cfg->seal_age_ms,
 					     .truncate_damaged = cfg->journal_truncate,
 					     .full_replay = cfg->full_replay };
 		struct replay_result rr;

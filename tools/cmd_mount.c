@@ -439,7 +439,8 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	if (!journal_exists(journal_dir)) {
 		/* a test aid: start the log at a high LSN to exercise 64-bit positions */
 		const char *first = getenv("DRFS_JOURNAL_FIRST_LSN");
-		int jr = journal_create(journal_dir, 0, first ? strtoull(first, NULL, 0) : 0);
+		int jr = journal_create(journal_dir, b.journal_segment_size,
+					first ? strtoull(first, NULL, 0) : 0);
 		if (jr) {
 			say_error("cannot create the journal in %s: %s; check space and permissions",
 				  journal_dir, strerror(-jr));
@@ -457,6 +458,7 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	cfg.debug = o->debug;
 	cfg.max_threads = o->max_threads;
 	cfg.flush_interval_ms = o->flush_interval;
+	cfg.seal_age_ms = b.journal_seal_age * 1000u;
 	cfg.journal_truncate = o->journal_truncate;
 	/* a test aid: replay as after a machine restart (namespace records too) */
 	const char *full = getenv("DRFS_REPLAY_FULL");

@@ -90,6 +90,26 @@ int backing_load(const char *path, struct backing *b)
 		free(conf);
 		goto fail;
 	}
+	v = kv_get(kv, "journal_segment_size");
+	if (v && (parse_size(v, &b->journal_segment_size) < 0 ||
+		  b->journal_segment_size < (4u << 20) || b->journal_segment_size > (1u << 30) ||
+		  b->journal_segment_size % 4096)) {
+		say_error("%s: journal_segment_size=%s: give a size from 4M to 1G, a multiple of 4K",
+			  conf, v);
+		free(conf);
+		goto fail;
+	}
+	v = kv_get(kv, "journal_seal_age");
+	if (v) {
+		char *end;
+		unsigned long n = strtoul(v, &end, 10);
+		if (*end || n < 1 || n > 86400) {
+			say_error("%s: journal_seal_age=%s: give seconds from 1 to 86400", conf, v);
+			free(conf);
+			goto fail;
+		}
+		b->journal_seal_age = (unsigned int)n;
+	}
 	free(conf);
 	v = kv_get(kv, "state");
 	b->state_dir = strdup(v ? v : b->conf_dir);

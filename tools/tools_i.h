@@ -9,6 +9,7 @@
 #define DRFS_TOOLS_I_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #define EXIT_OK 0
@@ -24,6 +25,8 @@ struct backing {
 	char *conf_dir;    /* PATH/.drfs: configuration, always inside the backing root */
 	char *state_dir;   /* journal, store, lock, log: conf_dir unless --state moved it */
 	int format;
+	uint64_t journal_segment_size; /* drfs.conf journal_segment_size, 0: default */
+	unsigned int journal_seal_age;  /* drfs.conf journal_seal_age in seconds, 0: default */
 };
 
 /*

@@ -98,6 +98,19 @@ check "the damaged segment is kept" test -f "$seg"
 check "files from before the damage are there" test -f "$M/f1"
 umount_drfs "$M"
 
+# segment size and seal age from drfs.conf
+B3=$(new_backing b3)
+echo "journal_segment_size=8M" >>"$B3/.drfs/drfs.conf"
+echo "journal_seal_age=1" >>"$B3/.drfs/drfs.conf"
+mount_drfs "$B3" "$M"
+echo one >"$M/one"; sleep 1.3; echo two >"$M/two"; sync "$M/two"
+check_eq "segments have the configured size" 8388608 "$(stat -c %s "$(ls "$B3"/.drfs/journal/0*.seg | head -1)")"
+check "a segment older than journal_seal_age was sealed" eval "\"$DRFS\" journal dump '$B3' | grep -q ' SEAL '"
+umount_drfs "$M"
+echo "journal_segment_size=3M" >>"$B3/.drfs/drfs.conf"
+check_exit "a bad journal_segment_size is refused" 1 "$DRFS" mount "$B3" "$M"
+check_err "the error names the file and the key" "drfs.conf: journal_segment_size=3M: give a size from 4M to 1G"
+
 # no room for the journal in the state directory
 S=$T/small
 mkdir -p "$S"
