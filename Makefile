@@ -30,7 +30,7 @@ endif
 
 COMMON_SRC := common/log.c common/util.c
 JOURNAL_SRC := journal/record.c journal/journal.c journal/reader.c journal/apply.c journal/reconcile.c
-FS_SRC     := fs/inode.c fs/mutate.c fs/ops.c fs/session.c
+FS_SRC     := fs/inode.c fs/mutate.c fs/pending.c fs/ops.c fs/session.c
 TOOLS_SRC  := tools/drfs.c tools/cmd_init.c tools/cmd_mount.c tools/cmd_status.c tools/cmd_journal.c
 DRFS_SRC   := $(COMMON_SRC) $(JOURNAL_SRC) $(FS_SRC) $(TOOLS_SRC)
 
@@ -63,7 +63,7 @@ UNIT_TESTS := tests/unit/test_common tests/unit/test_fs tests/unit/test_journal
 tests/unit/test_common: build/san/tests/unit/test_common.o $(call obj,build/san,$(COMMON_SRC))
 	@echo "  LINK    $@"
 	@$(CC) $(CFLAGS) $(SANFLAGS) -Wl,--wrap=fsync,--wrap=write -o $@ $^ -lcmocka
-tests/unit/test_fs: build/san/tests/unit/test_fs.o $(call obj,build/san,$(COMMON_SRC) $(JOURNAL_SRC) fs/inode.c fs/mutate.c)
+tests/unit/test_fs: build/san/tests/unit/test_fs.o $(call obj,build/san,$(COMMON_SRC) $(JOURNAL_SRC) fs/inode.c fs/mutate.c fs/pending.c)
 	@echo "  LINK    $@"
 	@$(CC) $(CFLAGS) $(SANFLAGS) -Wl,--wrap=fchownat -o $@ $^ -lcmocka $(PKG_LIBS)
 tests/unit/test_journal: build/san/tests/unit/test_journal.o $(call obj,build/san,$(COMMON_SRC) $(JOURNAL_SRC))

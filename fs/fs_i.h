@@ -64,6 +64,7 @@ struct drfs_fs {
 	bool mounted;
 	struct journal *journal;   /* NULL only in unit tests that run without one */
 	struct replay_result recovery; /* what journal_open replayed */
+	struct pending *pending;   /* WRITEs acknowledged, not yet applied (pending.c) */
 };
 
 /* inode.c */
@@ -159,6 +160,29 @@ ssize_t fs_mutate(struct drfs_fs *fs, struct mutation *m);
 int fs_sync(struct drfs_fs *fs, struct drfs_inode *inode, bool datasync);
 /* The journal's identity of INODE. */
 struct jfid fs_fid(struct drfs_fs *fs, struct drfs_inode *inode);
+
+/* pending.c: WRITEs acknowledged once journaled, applied once durable. */
+struct pending;
+int pending_start(struct drfs_fs *fs);
+/* Applies everything still pending (the journal must still run) and stops. */
+void pending_stop(struct drfs_fs *fs);
+/* Journals the WRITE M as record R and queues its apply.  Bytes accepted or -errno. */
+ssize_t pending_write(struct drfs_fs *fs, struct mutation *m, struct jrec *r);
+/*
+ * Journals SETATTR record R (times only, absolute) of NODE and queues
+ * setting them through FD (duplicated) behind the file's pending writes,
+ * whose apply would otherwise move the modification time.  0 or -errno.
+ */
+int pending_times(struct drfs_fs *fs, struct drfs_inode *node, int fd, struct jrec *r);
+/*
+ * Waits until no write of backing inode INO is pending.  With TAKE_ERROR,
+ * returns (and forgets) the error of a write that could not be applied.
+ */
+int pending_wait(struct drfs_fs *fs, uint64_t ino, bool take_error);
+/* Whether anything is pending on backing inode INO. */
+bool pending_busy(struct drfs_fs *fs, uint64_t ino);
+/* The LSN of the oldest pending write (UINT64_MAX: none); ARG is the drfs_fs. */
+uint64_t pending_min(void *arg);
 
 /* The FUSE operation table (ops.c). */
 extern const struct fuse_lowlevel_ops drfs_ops;

@@ -404,6 +404,10 @@ static ssize_t journal_write(struct drfs_fs *fs, struct mutation *m)
 			  .offset = (uint64_t)m->offset, .data = m->data, .data_len = m->size };
 	size_t done = 0;
 
+	if (fs->pending && m->size <= JREC_MAX_DATA)
+		return pending_write(fs, m, &r);
+	if (fs->pending)
+		pending_wait(fs, m->node->ino, false);
 	if (m->size <= JREC_MAX_DATA)
 		return data_change(fs, m, &r, true);
 	/* larger than one record: journal and apply it in pieces */
@@ -463,6 +467,44 @@ static ssize_t journal_copy(struct drfs_fs *fs, struct mutation *m)
 	return n;
 }
 
+/* A SETATTR of times only (what the kernel sends at close after writes). */
+static bool times_only(const struct mutation *m)
+{
+	return m->valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME) &&
+	       !(m->valid & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID |
+			     FUSE_SET_ATTR_SIZE));
+}
+
+/*
+ * Times only, with writes still pending on the file: journaled with "now"
+ * resolved, and set after those writes (whose apply would move the
+ * modification time).
+ */
+static ssize_t deferred_times(struct drfs_fs *fs, struct mutation *m)
+{
+	struct jrec r = { .type = JR_SETATTR, .fid = fs_fid(fs, m->node) };
+	struct timespec now;
+	bool owned = false;
+	int fd, ret;
+
+	clock_gettime(CLOCK_REALTIME, &now);
+	if (m->valid & FUSE_SET_ATTR_ATIME) {
+		r.mask |= JA_ATIME;
+		r.atime = (m->valid & FUSE_SET_ATTR_ATIME_NOW) ? now : m->attr.st_atim;
+	}
+	if (m->valid & FUSE_SET_ATTR_MTIME) {
+		r.mask |= JA_MTIME;
+		r.mtime = (m->valid & FUSE_SET_ATTR_MTIME_NOW) ? now : m->attr.st_mtim;
+	}
+	fd = m->fd >= 0 ? m->fd : inode_fd(fs, m->node, O_PATH, &owned);
+	if (fd < 0)
+		return fd;
+	ret = pending_times(fs, m->node, fd, &r);
+	if (owned)
+		close(fd);
+	return ret;
+}
+
 /* The attributes the SETATTR in M changed, as they now are, into a record. */
 static ssize_t journal_setattr(struct drfs_fs *fs, struct mutation *m)
 {
@@ -474,6 +516,8 @@ static ssize_t journal_setattr(struct drfs_fs *fs, struct mutation *m)
 	ssize_t ret;
 	int fd;
 
+	if (fs->pending && times_only(m) && pending_busy(fs, m->node->ino))
+		return deferred_times(fs, m);
 	if (m->valid & FUSE_SET_ATTR_SIZE) {
 		r.mask = JA_SIZE;
 		r.size = (uint64_t)m->attr.st_size;
@@ -517,7 +561,10 @@ static ssize_t create_existing(struct drfs_fs *fs, struct mutation *m, int fd, b
 	struct stat st;
 	ssize_t ret;
 
-	if (!trunc || fstat(fd, &st) < 0 || st.st_size == 0)
+	if (!trunc || fstat(fd, &st) < 0)
+		return fd;
+	pending_wait(fs, (uint64_t)st.st_ino, false);
+	if (fstat(fd, &st) < 0 || st.st_size == 0)
 		return fd;
 	if ((ret = apply_fid_of(fd, "", &f)) < 0)
 		goto fail;
@@ -577,6 +624,12 @@ static ssize_t journaled(struct drfs_fs *fs, struct mutation *m)
 	bool trunc;
 	int64_t end;
 
+	/* a data change reaches the file after the writes still pending on it */
+	if (m->type == MUT_COPY_RANGE)
+		pending_wait(fs, m->src->ino, false);
+	if (m->type == MUT_COPY_RANGE || m->type == MUT_FALLOCATE ||
+	    (m->type == MUT_SETATTR && !times_only(m)))
+		pending_wait(fs, m->node->ino, false);
 	switch (m->type) {
 	case MUT_WRITE:
 		return journal_write(fs, m);

@@ -136,8 +136,10 @@ static void drfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
 {
 	struct drfs_inode *in = node_or_reply(req, ino);
 
-	if (in)
-		reply_attr(req, in, fi);
+	if (!in)
+		return;
+	pending_wait(fs_of(req), in->ino, false);
+	reply_attr(req, in, fi);
 }
 
 /* Whether the caller of REQ belongs to group GID (primary or supplementary). */
@@ -411,7 +413,13 @@ static void drfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
 	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
 
-	(void)ino;
+	/* a regular file's node id is its backing inode number */
+	int err = pending_wait(fs_of(req), ino, true);
+
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
 	buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 	buf.buf[0].fd = (int)fi->fh;
 	buf.buf[0].pos = off;
@@ -449,10 +457,13 @@ static void drfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
 static void drfs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
 	struct drfs_inode *in = node_or_reply(req, ino);
+	int ret;
 
 	(void)fi;
-	if (in)
-		fuse_reply_err(req, -fs_sync(fs_of(req), in, datasync));
+	if (!in)
+		return;
+	ret = fs_sync(fs_of(req), in, datasync);
+	fuse_reply_err(req, -ret);
 }
 
 static void drfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
@@ -491,9 +502,13 @@ static void drfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in
 static void drfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		       struct fuse_file_info *fi)
 {
-	off_t r = lseek((int)fi->fh, off, whence);
+	struct drfs_inode *in = node_or_reply(req, ino);
+	off_t r;
 
-	(void)ino;
+	if (!in)
+		return;
+	pending_wait(fs_of(req), in->ino, false);
+	r = lseek((int)fi->fh, off, whence);
 	if (r < 0)
 		fuse_reply_err(req, errno);
 	else

@@ -94,7 +94,8 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 					     .flush_interval_ms = cfg->flush_interval_ms,
 					     .seal_age_ms = cfg->seal_age_ms,
 					     .truncate_damaged = cfg->journal_truncate,
-					     .full_replay = cfg->full_replay };
+					     .full_replay = cfg->full_replay,
+					     .unapplied_min = pending_min, .unapplied_arg = fs };
 		struct replay_result rr;
 
 		ret = journal_open(&jc, &fs->journal, &rr);
@@ -221,6 +222,8 @@ int fs_serve(struct drfs_fs *fs)
 	}
 	if (fs->journal) {
 		int ret = journal_start(fs->journal);
+		if (!ret)
+			ret = pending_start(fs);
 		if (ret) {
 			log_error("cannot start the journal: %s; unmounting", strerror(-ret));
 			pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -284,6 +287,7 @@ void fs_close(struct drfs_fs *fs)
 	if (fs->mounted)
 		fuse_session_unmount(fs->se);
 	fuse_session_destroy(fs->se);
+	pending_stop(fs);
 	if (fs->journal && journal_close(fs->journal))
 		log_error("the journal was not closed cleanly; the next mount replays it");
 	inode_table_release(fs);

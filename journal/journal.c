@@ -123,6 +123,20 @@ static void fail(struct journal *j, int err, const char *what, const char *obj)
 	pthread_mutex_unlock(&j->lock);
 }
 
+void journal_fail(struct journal *j, int err, const char *what)
+{
+	pthread_mutex_lock(&j->lock);
+	if (!j->error) {
+		j->error = err;
+		log_error("journal: %s failed: %s; nothing more is acknowledged; the record is kept "
+			  "and applied at the next mount, after fixing the cause", what, strerror(-err));
+		pthread_cond_broadcast(&j->durable_cv);
+		pthread_cond_broadcast(&j->space_cv);
+		pthread_cond_broadcast(&j->work);
+	}
+	pthread_mutex_unlock(&j->lock);
+}
+
 /* ---- appending ---- */
 
 static void enqueue_locked(struct journal *j, struct qrec *q)
@@ -632,6 +646,12 @@ int journal_checkpoint(struct journal *j)
 			frontier = s;
 	}
 	pthread_mutex_unlock(&j->lock);
+	/* asked outside the journal lock: the caller appends under its own lock */
+	if (j->cfg.unapplied_min) {
+		uint64_t u = j->cfg.unapplied_min(j->cfg.unapplied_arg);
+		if (u < frontier)
+			frontier = u;
+	}
 	ret = checkpoint_to(j, frontier, 0);
 	pthread_mutex_unlock(&j->ckpt_lock);
 	return ret;

@@ -129,6 +129,9 @@ struct journal_config {
 	uint64_t queue_limit;         /* bytes queued in memory before appenders wait; 0: 64 MiB */
 	const char *stats_path;       /* rewritten with the counters about once a second; may be NULL */
 	bool full_replay;             /* replay namespace records even when the machine did not restart */
+	/* the oldest LSN the caller has journaled but not yet applied (UINT64_MAX: none); may be NULL */
+	uint64_t (*unapplied_min)(void *arg);
+	void *unapplied_arg;
 	bool truncate_damaged;        /* replay up to damage even when valid records follow it */
 	/* fault injection for tests: fail the Nth segment write / flush (1-based; 0: never) */
 	unsigned fail_write_at, fail_flush_at;
@@ -194,6 +197,12 @@ uint64_t journal_head(struct journal *j);
  */
 void journal_apply_begin(struct journal *j);
 void journal_apply_end(struct journal *j);
+
+/*
+ * Stops the journal with error ERR (logged with WHAT): every waiter and
+ * every later append fails, and the journal is not marked clean at close.
+ */
+void journal_fail(struct journal *j, int err, const char *what);
 
 /* Makes the tree durable and records a checkpoint now.  0 or -errno. */
 int journal_checkpoint(struct journal *j);

@@ -7,6 +7,7 @@ mount_drfs "$B" "$M"
 
 printf 'hello\n' >"$M/file"
 check_eq "read back" hello "$(cat "$M/file")"
+sync "$M/file"   # written data reaches the backing file once its journal record is durable
 check_eq "written through to the backing tree" hello "$(cat "$B/file")"
 mkdir -p "$M/a/b/c"
 check "nested directories" [ -d "$B/a/b/c" ]
@@ -61,7 +62,8 @@ check "255-byte name" [ -f "$B/$long" ]
 check "256-byte name refused" eval "! (echo x >'$M/${long}n') 2>/dev/null"
 for n in 'été' '日本語ファイル' 'with space' $'new\nline' 'emoji-🙂' '-dash' '.hidden'; do
 	echo "$n" >"$M/$n"
-	check_eq "name '$n'" "$n" "$(cat "$B/$n")"
+	check_eq "name '$n'" "$n" "$(cat "$M/$n")"
+	check "name '$n' in the backing directory" [ -f "$B/$n" ]
 done
 check_eq "readdir lists names as the backing does" "$(ls -A "$B" | grep -v '^.drfs$')" "$(ls -A "$M")"
 

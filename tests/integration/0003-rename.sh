@@ -22,6 +22,7 @@ check_eq "noreplace onto a free name" ok "$("$FSOPS" rename2 na nc noreplace)"
 check_eq "exchange" ok "$("$FSOPS" rename2 nb nc exchange)"
 check_eq "exchanged content 1" a "$(cat nb)"
 check_eq "exchanged content 2" b "$(cat nc)"
+sync nb
 check_eq "exchange reached the backing" a "$(cat "$B/nb")"
 mkdir ed; echo in >ed/f
 check_eq "exchange a file and a directory" ok "$("$FSOPS" rename2 nb ed exchange)"
@@ -31,6 +32,7 @@ mkdir -p deep/er/est
 echo z >deep/er/est/z
 mv deep moved
 check_eq "lookups under a renamed directory" z "$(cat moved/er/est/z)"
+sync moved/er/est/z
 check_eq "the backing agrees" z "$(cat "$B/moved/er/est/z")"
 ln moved/er/est/z hl
 mv hl hl2

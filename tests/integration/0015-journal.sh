@@ -111,6 +111,35 @@ echo "journal_segment_size=3M" >>"$B3/.drfs/drfs.conf"
 check_exit "a bad journal_segment_size is refused" 1 "$DRFS" mount "$B3" "$M"
 check_err "the error names the file and the key" "drfs.conf: journal_segment_size=3M: give a size from 4M to 1G"
 
+# a full backing disk: written and fsynced data is safe in the journal (on
+# another disk), the write that cannot be applied stops the filesystem with
+# EIO, and once there is room the next mount applies it
+IMG=$T/small.img; FB=$T/fullb
+truncate -s 8M "$IMG" && mkfs.ext4 -q -F "$IMG" && mkdir -p "$FB" &&
+	mount -o loop "$IMG" "$FB" && LOOPED=1 || LOOPED=
+if [ -n "$LOOPED" ]; then
+	"$DRFS" init "$FB" --state "$T/fullstate" >/dev/null
+	mount_drfs "$FB" "$M"
+	MOUNTS+=("$FB")   # cleanup: after the drfs mount on top of it
+	dd if=/dev/urandom of="$T/ten" bs=1M count=10 status=none
+	check "10 MiB written to a 6 MiB disk" dd if="$T/ten" of="$M/big" bs=1M status=none
+	check "and fsynced: the journal holds it" sync "$M/big"
+	for i in $(seq 1 40); do grep -q "No space left" "$T/fullstate/drfs.log" && break; sleep 0.05; done
+	check "the log names the failed apply and the way out" \
+		grep -q "applying a write to inode .* failed: No space left on device; .*applied at the next mount" "$T/fullstate/drfs.log"
+	check "later changes fail with EIO" eval "! { echo x >'$M/after'; } 2>/dev/null"
+	umount_drfs "$M"
+	umount "$FB"
+	truncate -s 32M "$IMG"; e2fsck -fy "$IMG" >/dev/null 2>&1; resize2fs "$IMG" >/dev/null 2>&1
+	mount -o loop "$IMG" "$FB"
+	mount_drfs "$FB" "$M"
+	check "with room again, the mount applied it: nothing acknowledged was lost" cmp -s "$T/ten" "$M/big"
+	umount_drfs "$M"
+	umount "$FB"
+else
+	say "no loop device: the full-disk case is not checked"
+fi
+
 # no room for the journal in the state directory
 S=$T/small
 mkdir -p "$S"
