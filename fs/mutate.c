@@ -467,14 +467,6 @@ static ssize_t journal_copy(struct drfs_fs *fs, struct mutation *m)
 	return n;
 }
 
-/* A SETATTR of times only (what the kernel sends at close after writes). */
-static bool times_only(const struct mutation *m)
-{
-	return m->valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME) &&
-	       !(m->valid & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID |
-			     FUSE_SET_ATTR_SIZE));
-}
-
 /*
  * Times only, with writes still pending on the file: journaled with "now"
  * resolved, and set after those writes (whose apply would move the
@@ -505,8 +497,37 @@ static ssize_t deferred_times(struct drfs_fs *fs, struct mutation *m)
 	return ret;
 }
 
-/* The attributes the SETATTR in M changed, as they now are, into a record. */
+static ssize_t setattr_now(struct drfs_fs *fs, struct mutation *m);
+
+/*
+ * A SETATTR without a size change need not wait for the file's pending
+ * writes: applying them changes no mode or owner, only the times, so times
+ * set while writes are pending are queued behind them (what the kernel sends
+ * at close, and what tar sends after writing a file); the rest is applied now.
+ */
 static ssize_t journal_setattr(struct drfs_fs *fs, struct mutation *m)
+{
+	const int times = FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
+			  FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW;
+
+	if (fs->pending && (m->valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) &&
+	    !(m->valid & FUSE_SET_ATTR_SIZE) && pending_busy(fs, m->node->ino)) {
+		struct mutation rest = *m;
+		ssize_t ret;
+
+		rest.valid &= ~times;
+		if (rest.valid & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+			ret = setattr_now(fs, &rest);
+			if (ret < 0)
+				return ret;
+		}
+		return deferred_times(fs, m);
+	}
+	return setattr_now(fs, m);
+}
+
+/* Applies the SETATTR in M and records the attributes it changed, as they now are. */
+static ssize_t setattr_now(struct drfs_fs *fs, struct mutation *m)
 {
 	const int others = FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID |
 			   FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME;
@@ -516,8 +537,6 @@ static ssize_t journal_setattr(struct drfs_fs *fs, struct mutation *m)
 	ssize_t ret;
 	int fd;
 
-	if (fs->pending && times_only(m) && pending_busy(fs, m->node->ino))
-		return deferred_times(fs, m);
 	if (m->valid & FUSE_SET_ATTR_SIZE) {
 		r.mask = JA_SIZE;
 		r.size = (uint64_t)m->attr.st_size;
@@ -628,7 +647,7 @@ static ssize_t journaled(struct drfs_fs *fs, struct mutation *m)
 	if (m->type == MUT_COPY_RANGE)
 		pending_wait(fs, m->src->ino, false);
 	if (m->type == MUT_COPY_RANGE || m->type == MUT_FALLOCATE ||
-	    (m->type == MUT_SETATTR && !times_only(m)))
+	    (m->type == MUT_SETATTR && (m->valid & FUSE_SET_ATTR_SIZE)))
 		pending_wait(fs, m->node->ino, false);
 	switch (m->type) {
 	case MUT_WRITE:
