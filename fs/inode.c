@@ -348,9 +348,16 @@ int inode_lookup(struct drfs_fs *fs, struct drfs_inode *dir, const char *name,
 	if (dirfd < 0)
 		return dirfd;
 	memset(e, 0, sizeof(*e));
-	if (fstatat(dirfd, name, &e->attr, AT_SYMLINK_NOFOLLOW) < 0)
-		ret = -errno;
-	else
+	ret = fstatat(dirfd, name, &e->attr, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+	/*
+	 * A file the kernel no longer caches gets its size and times from this
+	 * reply: writes still pending on it must be in the backing file first.
+	 */
+	if (!ret && S_ISREG(e->attr.st_mode) && pending_busy(fs, e->attr.st_ino)) {
+		pending_wait(fs, e->attr.st_ino, false);
+		ret = fstatat(dirfd, name, &e->attr, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+	}
+	if (!ret)
 		ret = inode_bind(fs, dirfd, name, e);
 	if (owned)
 		close(dirfd);

@@ -9,8 +9,10 @@
  * a disk flush; nor does a writer that has not asked for durability.
  *
  * What must see the data waits for the file's pending applies first:
- * READ, LSEEK, GETATTR, and every other data change of the file (so that
- * changes reach the file in LSN order); READ reports a write of the file
+ * READ, LSEEK, a LOOKUP that finds the file (the kernel takes size and times
+ * from it when it no longer caches the inode; for a cached one it keeps its
+ * own, so GETATTR does not wait), and the file's size changes, fallocate
+ * and copies (so that data changes reach the file in LSN order); READ reports a write of the file
  * that could not be applied.  fsync waits for durability only: the records
  * are enough to recover.  A write that cannot be applied (a full disk)
  * stops the journal, which is then not marked clean, so the next mount
