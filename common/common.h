@@ -73,5 +73,7 @@ int read_file_small(const char *path, char **out, size_t *len);
 
 /* Full-length write/read loops over EINTR and short transfers; 0 or -errno. */
 int write_all(int fd, const void *buf, size_t len);
+/* The same at offset OFF with pwrite(2); a write of nothing gives -ENOSPC. */
+int pwrite_all(int fd, const void *buf, size_t len, off_t off);
 
 #endif /* DRFS_COMMON_H */

@@ -92,21 +92,6 @@ static void ino_put(struct pending *p, struct pend_ino *e)
 	free(e);
 }
 
-static int pwrite_full(int fd, const char *p, size_t len, off_t off)
-{
-	while (len) {
-		ssize_t n = pwrite(fd, p, len, off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n < 0 ? -errno : -ENOSPC;
-		p += n;
-		len -= (size_t)n;
-		off += n;
-	}
-	return 0;
-}
-
 static void *applier(void *arg)
 {
 	struct pending *p = arg;
@@ -136,7 +121,7 @@ static void *applier(void *arg)
 			if (!err && it->times)
 				err = utimensat(it->fd, "", it->tv, AT_EMPTY_PATH) < 0 ? -errno : 0;
 			else if (!err)
-				err = pwrite_full(it->fd, it->data, it->len, it->off);
+				err = pwrite_all(it->fd, it->data, it->len, it->off);
 			if (err && !jerr) {
 				/*
 				 * The record is durable (fsync may have said so): it must

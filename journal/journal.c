@@ -317,18 +317,10 @@ static int reap(struct journal *j, unsigned n, const size_t *want)
 static int write_sync(int fd, struct iovec *iov, int n, off_t off)
 {
 	for (int i = 0; i < n; i++) {
-		const char *p = iov[i].iov_base;
-		size_t left = iov[i].iov_len;
-		while (left) {
-			ssize_t w = pwrite(fd, p, left, off);
-			if (w < 0 && errno == EINTR)
-				continue;
-			if (w <= 0)
-				return w < 0 ? -errno : -EIO;
-			p += w;
-			left -= (size_t)w;
-			off += w;
-		}
+		int ret = pwrite_all(fd, iov[i].iov_base, iov[i].iov_len, off);
+		if (ret)
+			return ret;
+		off += (off_t)iov[i].iov_len;
 	}
 	return 0;
 }

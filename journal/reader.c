@@ -252,26 +252,6 @@ bool journal_exists(const char *dir)
 	return stat(path, &st) == 0;
 }
 
-/* Writes LEN bytes of BUF at OFF in full.  0 or -errno (-ENOSPC when the disk takes no more). */
-static int pwrite_full(int fd, const void *buf, size_t len, off_t off)
-{
-	const char *p = buf;
-
-	while (len) {
-		ssize_t n = pwrite(fd, p, len, off);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -ENOSPC;
-		p += n;
-		len -= (size_t)n;
-		off += n;
-	}
-	return 0;
-}
-
 /* Creates segment NAME in DIRFD: SIZE bytes written in full, HEADER first.  0 or -errno. */
 static int seg_write_new(int dirfd, const char *name, uint64_t size, const void *header)
 {
@@ -281,10 +261,10 @@ static int seg_write_new(int dirfd, const char *name, uint64_t size, const void 
 
 	if (fd < 0)
 		return -errno;
-	ret = pwrite_full(fd, header, JSEG_HEADER, 0);
+	ret = pwrite_all(fd, header, JSEG_HEADER, 0);
 	for (uint64_t off = JSEG_HEADER; !ret && off < size; off += sizeof(zeros)) {
 		size_t n = size - off < sizeof(zeros) ? (size_t)(size - off) : sizeof(zeros);
-		ret = pwrite_full(fd, zeros, n, (off_t)off);
+		ret = pwrite_all(fd, zeros, n, (off_t)off);
 	}
 	if (!ret && fdatasync(fd) < 0)
 		ret = -errno;
