@@ -398,13 +398,21 @@ static ssize_t data_change(struct drfs_fs *fs, struct mutation *m, struct jrec *
 	return ret;
 }
 
+#define DEFER_LIMIT (1ull << 40)
+
 static ssize_t journal_write(struct drfs_fs *fs, struct mutation *m)
 {
 	struct jrec r = { .type = JR_WRITE, .fid = fs_fid(fs, m->node),
 			  .offset = (uint64_t)m->offset, .data = m->data, .data_len = m->size };
 	size_t done = 0;
 
-	if (fs->pending && m->size <= JREC_MAX_DATA)
+	/*
+	 * Deferred unless it ends past 1 TiB: a write the backing filesystem
+	 * must refuse (EFBIG past ext4's 16 TiB) has to fail now, not after it
+	 * was acknowledged.
+	 */
+	if (fs->pending && m->size <= JREC_MAX_DATA &&
+	    (uint64_t)m->offset + m->size <= DEFER_LIMIT)
 		return pending_write(fs, m, &r);
 	if (fs->pending)
 		pending_wait(fs, m->node->ino, false);

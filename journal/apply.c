@@ -212,6 +212,13 @@ static int replay_data(int root_fd, struct replay_map *m, const struct jrec *r)
 	else
 		ret = pwrite_all(fd, r->data, r->data_len, (off_t)r->offset) ?: 1;
 	close(fd);
+	if (ret == -EFBIG || ret == -EINVAL || ret == -EOPNOTSUPP) {
+		/* the tree can never take it: retrying at every mount would not help */
+		log_warn("journal replay: %s at LSN %llu refused by the backing filesystem (%s); "
+			 "skipped", jrec_type_name(r->type), (unsigned long long)r->lsn,
+			 strerror(-ret));
+		return 0;
+	}
 	return ret;
 }
 
