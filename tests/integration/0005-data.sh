@@ -63,6 +63,10 @@ check "32 MiB written with fsync reads back equal" cmp -s "$T/r" big
 # reads that reach the daemon (O_DIRECT) see writes not yet applied to the backing file
 dd if="$T/r" of=big2 bs=1M count=8 status=none
 check "O_DIRECT read right after the write" eval "dd if=big2 iflag=direct bs=1M status=none | cmp -s - <(head -c 8M '$T/r')"
+# a write the backing filesystem refuses (past ext4's 16 TiB) fails for the
+# caller and leaves the filesystem working
+check "a write at 16 TiB fails" eval "! dd if=/dev/zero of=huge bs=4096 seek=$((2**32)) count=1 conv=notrunc status=none 2>/dev/null"
+check "and the filesystem still takes writes" eval "echo ok >after-huge && [ \"\$(cat after-huge)\" = ok ]"
 # the backing file gets the data once its records are durable; unmounting
 # applies whatever is still pending
 cd /
