@@ -71,6 +71,9 @@ int write_file_durable(int dirfd, const char *name, const void *data, size_t len
 /* Reads a whole small file into a malloc'd NUL-terminated buffer. */
 int read_file_small(const char *path, char **out, size_t *len);
 
+/* "/proc/self/fd/N" for FD into BUF (at least 32 bytes): a path that reaches the fd's object. */
+void proc_fd_path(char *buf, int fd);
+
 /* Full-length write/read loops over EINTR and short transfers; 0 or -errno. */
 int write_all(int fd, const void *buf, size_t len);
 /* The same at offset OFF with pwrite(2); a write of nothing gives -ENOSPC. */

@@ -265,6 +265,11 @@ void kv_free(struct kv *kv)
 	free(kv);
 }
 
+void proc_fd_path(char *buf, int fd)
+{
+	snprintf(buf, 32, "/proc/self/fd/%d", fd);
+}
+
 int write_all(int fd, const void *buf, size_t len)
 {
 	const char *p = buf;

@@ -31,6 +31,7 @@ struct fs_config {
 	unsigned int seal_age_ms; /* journal segment age limit (0: default) */
 	bool journal_truncate;    /* replay up to damage even when valid records follow */
 	bool full_replay;         /* replay namespace records too, as after a machine restart */
+	unsigned int fail_flush_at; /* test aid: the Nth journal flush fails (0: never) */
 };
 
 /*

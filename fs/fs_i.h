@@ -98,8 +98,6 @@ int inode_fd(struct drfs_fs *fs, struct drfs_inode *inode, int flags, bool *owne
 int inode_open(struct drfs_fs *fs, struct drfs_inode *inode, int flags);
 /* fstat of INODE.  Returns 0 or -errno. */
 int inode_stat(struct drfs_fs *fs, struct drfs_inode *inode, struct stat *st);
-/* "/proc/self/fd/N" for FD into BUF (at least 32 bytes). */
-void proc_fd_path(char *buf, int fd);
 /* true when NAME in DIR is the hidden state directory. */
 bool fs_is_hidden(struct drfs_fs *fs, struct drfs_inode *dir, const char *name);
 

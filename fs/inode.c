@@ -189,11 +189,6 @@ struct drfs_inode *inode_get(struct drfs_fs *fs, fuse_ino_t ino)
 	return in;
 }
 
-void proc_fd_path(char *buf, int fd)
-{
-	snprintf(buf, 32, "/proc/self/fd/%d", fd);
-}
-
 bool fs_is_hidden(struct drfs_fs *fs, struct drfs_inode *dir, const char *name)
 {
 	return dir == fs->root && !strcmp(name, DRFS_STATE_NAME);

@@ -644,7 +644,6 @@ static ssize_t record_made(struct drfs_fs *fs, struct mutation *m, int newfd)
 
 static ssize_t journaled(struct drfs_fs *fs, struct mutation *m)
 {
-	struct journal_stats st;
 	struct jrec r = { 0 };
 	struct jfid victim = { 0, 0 }, moved = { 0, 0 };
 	ssize_t ret;
@@ -676,8 +675,7 @@ static ssize_t journaled(struct drfs_fs *fs, struct mutation *m)
 	}
 
 	/* namespace and xattrs: applied first, recorded right after */
-	journal_get_stats(fs->journal, &st);
-	if (st.error)
+	if (journal_error(fs->journal))
 		return -EIO;
 	if (m->type == MUT_UNLINK || m->type == MUT_RMDIR) {
 		if ((ret = fid_in(fs, m->dir, m->name, &victim)) < 0)

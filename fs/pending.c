@@ -255,7 +255,7 @@ ssize_t pending_write(struct drfs_fs *fs, struct mutation *m, struct jrec *r)
 	err = enqueue(fs, it, r);
 	if (err)
 		return err;
-	end = r->lsn + jrec_size(r);
+	end = r->lsn + jrec_size(r);   /* not IT->end: the applier may have freed IT */
 	seen = atomic_load(&m->node->data_lsn);
 	while (seen < end && !atomic_compare_exchange_weak(&m->node->data_lsn, &seen, end))
 		;

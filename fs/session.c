@@ -95,6 +95,7 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 					     .seal_age_ms = cfg->seal_age_ms,
 					     .truncate_damaged = cfg->journal_truncate,
 					     .full_replay = cfg->full_replay,
+					     .fail_flush_at = cfg->fail_flush_at,
 					     .unapplied_min = pending_min, .unapplied_arg = fs };
 		struct replay_result rr;
 

@@ -196,11 +196,6 @@ int replay_open_fid(int root_fd, struct replay_map *m, struct jfid fid, int flag
 	return fd;
 }
 
-static void proc_path(char *buf, size_t n, int fd)
-{
-	snprintf(buf, n, "/proc/self/fd/%d", fd);
-}
-
 static int replay_data(int root_fd, struct replay_map *m, const struct jrec *r)
 {
 	int fd = replay_open_fid(root_fd, m, r->fid, O_WRONLY), ret;
@@ -227,7 +222,7 @@ int apply_setattr_fd(int fd, const struct jrec *r)
 	char p[40];
 	struct stat st;
 
-	proc_path(p, sizeof(p), fd);
+	proc_fd_path(p, fd);
 	if (fstat(fd, &st) < 0)
 		return -errno;
 	if (r->mask & (JA_UID | JA_GID)) {
@@ -263,7 +258,7 @@ static int replay_xattr(int root_fd, struct replay_map *m, const struct jrec *r)
 			close(fd);
 		return fd == -ESTALE ? 0 : fd < 0 ? fd : -ENOMEM;
 	}
-	proc_path(p, sizeof(p), fd);
+	proc_fd_path(p, fd);
 	if (r->type == JR_SETXATTR)
 		ret = setxattr(p, name, r->data, r->data_len, 0) < 0 ? -errno : 1;
 	else

@@ -248,7 +248,7 @@ static int place(int pfd, const char *name, int ofd)
 		return -errno;
 	if (!S_ISDIR(st.st_mode))
 		return linkat(ofd, "", pfd, name, AT_EMPTY_PATH) < 0 ? -errno : 0;
-	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", ofd);
+	proc_fd_path(proc, ofd);
 	n = readlink(proc, path, sizeof(path) - 1);
 	if (n < 0)
 		return -errno;
@@ -273,7 +273,7 @@ int ns_reconcile(struct ns_log *l, int root_fd, struct replay_map *m, uint64_t *
 	qsort(v, n, sizeof(*v), by_order);
 
 	mkdirat(root_fd, ".drfs", 0700);
-	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", root_fd);
+	proc_fd_path(proc, root_fd);
 	len = readlink(proc, aside_path, sizeof(aside_path) - sizeof(ASIDE) - 2);
 	if (len < 0) {
 		ret = -errno;
