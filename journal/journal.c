@@ -262,6 +262,16 @@ uint64_t journal_head(struct journal *j)
 	return h;
 }
 
+int journal_error(struct journal *j)
+{
+	int err;
+
+	pthread_mutex_lock(&j->lock);
+	err = j->error;
+	pthread_mutex_unlock(&j->lock);
+	return err;
+}
+
 void journal_apply_begin(struct journal *j)
 {
 	if (slot_index < 0) {

@@ -190,6 +190,8 @@ uint64_t journal_append(struct journal *j, struct jrec *r, bool borrow, int *err
 int journal_wait(struct journal *j, uint64_t lsn);
 /* The LSN just past the last appended record. */
 uint64_t journal_head(struct journal *j);
+/* 0, or the -errno that stopped the journal. */
+int journal_error(struct journal *j);
 
 /*
  * Appending threads bracket append+apply with these, so that a checkpoint

@@ -463,6 +463,9 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	/* a test aid: replay as after a machine restart (namespace records too) */
 	const char *full = getenv("DRFS_REPLAY_FULL");
 	cfg.full_replay = full && *full && strcmp(full, "0");
+	/* a test aid: the Nth journal flush fails */
+	const char *failn = getenv("DRFS_JOURNAL_FAIL_FLUSH");
+	cfg.fail_flush_at = failn ? (unsigned int)strtoul(failn, NULL, 10) : 0;
 	if (fs_open(&cfg, &fs)) {
 		say_error("mounting %s on %s failed; see the message above", b.path, mnt);
 		goto out;

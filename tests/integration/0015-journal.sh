@@ -98,6 +98,18 @@ check "the damaged segment is kept" test -f "$seg"
 check "files from before the damage are there" test -f "$M/f1"
 umount_drfs "$M"
 
+# invariant 1: a write's data never reaches the backing file before its
+# record is durable.  The first journal flush fails (DRFS_JOURNAL_FAIL_FLUSH):
+# fsync reports it, and the data must not be in the backing file.
+B4=$(new_backing b4)
+DRFS_JOURNAL_FAIL_FLUSH=1 mount_drfs "$B4" "$M"
+printf 'not durable' >"$M/nd" 2>/dev/null
+check "fsync reports the failed flush" eval "! sync '$M/nd' 2>/dev/null"
+sleep 0.3
+check_eq "the data never reached the backing file" "" "$(cat "$B4/nd" 2>/dev/null)"
+check "later changes fail with EIO" eval "! { echo x >'$M/later'; } 2>/dev/null"
+umount_drfs "$M"
+
 # segment size and seal age from drfs.conf
 B3=$(new_backing b3)
 echo "journal_segment_size=8M" >>"$B3/.drfs/drfs.conf"
