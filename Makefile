@@ -17,7 +17,7 @@ SAN      ?=
 WARNINGS := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 BASEFLAGS := -std=gnu17 $(WARNINGS) -D_GNU_SOURCE -MMD -MP
 PKG_CFLAGS := $(shell pkg-config --cflags fuse3 2>/dev/null)
-PKG_LIBS := $(shell pkg-config --libs fuse3 liburing 2>/dev/null) -lpthread
+PKG_LIBS := $(shell pkg-config --libs fuse3 liburing libzstd libcrypto 2>/dev/null) -lpthread
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 ifeq ($(SAN),1)
@@ -30,9 +30,10 @@ endif
 
 COMMON_SRC := common/log.c common/util.c
 JOURNAL_SRC := journal/record.c journal/journal.c journal/reader.c journal/apply.c journal/reconcile.c
+STORE_SRC  := $(sort $(wildcard store/*.c))
 FS_SRC     := fs/inode.c fs/mutate.c fs/pending.c fs/ops.c fs/session.c
 TOOLS_SRC  := tools/drfs.c tools/cmd_init.c tools/cmd_mount.c tools/cmd_status.c tools/cmd_journal.c
-DRFS_SRC   := $(COMMON_SRC) $(JOURNAL_SRC) $(FS_SRC) $(TOOLS_SRC)
+DRFS_SRC   := $(COMMON_SRC) $(JOURNAL_SRC) $(STORE_SRC) $(FS_SRC) $(TOOLS_SRC)
 
 obj = $(patsubst %.c,$(1)/%.o,$(2))
 
@@ -59,7 +60,7 @@ drfs: $(call obj,$(BUILD),$(DRFS_SRC)) $(FLAVOUR)
 	@echo "  LINK    $@"
 	@$(CC) $(CFLAGS) $(EXTRA) $(LDFLAGS) -o $@ $(filter %.o,$^) $(PKG_LIBS)
 
-UNIT_TESTS := tests/unit/test_common tests/unit/test_fs tests/unit/test_journal
+UNIT_TESTS := tests/unit/test_common tests/unit/test_fs tests/unit/test_journal tests/unit/test_store tests/unit/test_repo
 tests/unit/test_common: build/san/tests/unit/test_common.o $(call obj,build/san,$(COMMON_SRC))
 	@echo "  LINK    $@"
 	@$(CC) $(CFLAGS) $(SANFLAGS) -Wl,--wrap=fsync,--wrap=write -o $@ $^ -lcmocka
@@ -67,6 +68,12 @@ tests/unit/test_fs: build/san/tests/unit/test_fs.o $(call obj,build/san,$(COMMON
 	@echo "  LINK    $@"
 	@$(CC) $(CFLAGS) $(SANFLAGS) -Wl,--wrap=fchownat -o $@ $^ -lcmocka $(PKG_LIBS)
 tests/unit/test_journal: build/san/tests/unit/test_journal.o $(call obj,build/san,$(COMMON_SRC) $(JOURNAL_SRC))
+	@echo "  LINK    $@"
+	@$(CC) $(CFLAGS) $(SANFLAGS) -o $@ $^ -lcmocka $(PKG_LIBS)
+tests/unit/test_store: build/san/tests/unit/test_store.o $(call obj,build/san,$(COMMON_SRC) $(JOURNAL_SRC) $(STORE_SRC))
+	@echo "  LINK    $@"
+	@$(CC) $(CFLAGS) $(SANFLAGS) -o $@ $^ -lcmocka $(PKG_LIBS)
+tests/unit/test_repo: build/san/tests/unit/test_repo.o $(call obj,build/san,$(COMMON_SRC) $(JOURNAL_SRC) $(STORE_SRC))
 	@echo "  LINK    $@"
 	@$(CC) $(CFLAGS) $(SANFLAGS) -o $@ $^ -lcmocka $(PKG_LIBS)
 
