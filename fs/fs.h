@@ -15,6 +15,7 @@
 #define DRFS_FS_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 struct drfs_fs;
 
@@ -32,6 +33,7 @@ struct fs_config {
 	bool journal_truncate;    /* replay up to damage even when valid records follow */
 	bool full_replay;         /* replay namespace records too, as after a machine restart */
 	unsigned int fail_flush_at; /* test aid: the Nth journal flush fails (0: never) */
+	uint64_t journal_hold_lsn;  /* keep the journal from this LSN (the latest snapshot's); UINT64_MAX: none */
 };
 
 /*
@@ -46,5 +48,44 @@ int fs_serve(struct drfs_fs *fs);
 
 /* Unmounts (if still mounted) and frees FS. */
 void fs_close(struct drfs_fs *fs);
+
+/*
+ * Holds every change to the tree back (requests that change it wait) until
+ * fs_thaw(), once everything journaled so far is durable and applied: the
+ * backing tree is then exactly the journal up to *LSN.  For a consistent
+ * snapshot of a live mount.  0 or -errno (the journal failed: not frozen).
+ */
+int fs_freeze(struct drfs_fs *fs, uint64_t *lsn);
+void fs_thaw(struct drfs_fs *fs);
+/* A snapshot at LSN exists: the journal before it need not be kept for the next one. */
+void fs_snapshot_taken(struct drfs_fs *fs, uint64_t lsn);
+
+/*
+ * The snapshot mount (fs/snapshot.c): snapshot S of repository R served
+ * read-only on CFG->mountpoint, file data read on demand through a 64 MiB
+ * chunk cache.  Nothing is written anywhere.
+ */
+struct repo;
+struct snap_info;
+struct snapmount_config {
+	const char *mountpoint;   /* absolute path of the mount point */
+	const char *kernel_opts;  /* comma list added to the kernel mount (allow_other, ...), or NULL */
+	bool debug;               /* log every FUSE request */
+	bool foreground;          /* without READY: false detaches (fuse_daemonize) once mounted */
+	/*
+	 * Called once mounted, before serving, in the process that then serves
+	 * (the caller detaches and records the mount here); a non-zero return
+	 * (-errno) unmounts and is returned.  May be NULL.
+	 */
+	int (*ready)(void *arg);
+	void *ready_arg;
+};
+/*
+ * Mounts S, serves it until it is unmounted or SIGTERM/SIGINT/SIGHUP
+ * arrives, unmounts.  R and S must outlive the call.  0 or -errno (a
+ * message naming the cause has been logged).
+ */
+int fs_serve_snapshot(struct repo *r, const struct snap_info *s,
+		      const struct snapmount_config *cfg);
 
 #endif /* DRFS_FS_H */

@@ -65,6 +65,12 @@ struct drfs_fs {
 	struct journal *journal;   /* NULL only in unit tests that run without one */
 	struct replay_result recovery; /* what journal_open replayed */
 	struct pending *pending;   /* WRITEs acknowledged, not yet applied (pending.c) */
+	/*
+	 * Every journaled mutation holds it for reading; fs_freeze() takes it for
+	 * writing (writers preferred, so a stream of changes cannot starve it).
+	 */
+	pthread_rwlock_t freeze;
+	int snapshot_hold;         /* journal hold id for the next snapshot, or -1 */
 };
 
 /* inode.c */
@@ -177,6 +183,8 @@ int pending_times(struct drfs_fs *fs, struct drfs_inode *node, int fd, struct jr
  * returns (and forgets) the error of a write that could not be applied.
  */
 int pending_wait(struct drfs_fs *fs, uint64_t ino, bool take_error);
+/* Waits until nothing at all is pending (the caller keeps new writes out). */
+void pending_drain(struct drfs_fs *fs);
 /* Whether anything is pending on backing inode INO. */
 bool pending_busy(struct drfs_fs *fs, uint64_t ino);
 /* The LSN of the oldest pending write (UINT64_MAX: none); ARG is the drfs_fs. */

@@ -760,8 +760,10 @@ ssize_t fs_mutate(struct drfs_fs *fs, struct mutation *m)
 		return -EPERM;
 	if (!fs->journal)
 		return apply(fs, m);
+	pthread_rwlock_rdlock(&fs->freeze);
 	journal_apply_begin(fs->journal);
 	ret = journaled(fs, m);
 	journal_apply_end(fs->journal);
+	pthread_rwlock_unlock(&fs->freeze);
 	return ret;
 }

@@ -301,6 +301,18 @@ int pending_wait(struct drfs_fs *fs, uint64_t ino, bool take_error)
 	return err;
 }
 
+void pending_drain(struct drfs_fs *fs)
+{
+	struct pending *p = fs->pending;
+
+	if (!p)
+		return;
+	pthread_mutex_lock(&p->lock);
+	while (p->head)
+		pthread_cond_wait(&p->done, &p->lock);
+	pthread_mutex_unlock(&p->lock);
+}
+
 bool pending_busy(struct drfs_fs *fs, uint64_t ino)
 {
 	struct pending *p = fs->pending;

@@ -81,6 +81,12 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 	fs->cfg = *cfg;
 	fs->timeout = DRFS_CACHE_TIMEOUT;
 	pthread_mutex_init(&fs->lock, NULL);
+	pthread_rwlockattr_t rwa;
+	pthread_rwlockattr_init(&rwa);
+	pthread_rwlockattr_setkind_np(&rwa, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&fs->freeze, &rwa);
+	pthread_rwlockattr_destroy(&rwa);
+	fs->snapshot_hold = -1;
 	raise_fd_limit();
 	/* A write to a pipe or socket whose reader went away must fail, not kill the daemon. */
 	signal(SIGPIPE, SIG_IGN);
@@ -103,6 +109,12 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 		if (ret)
 			goto out_table;
 		fs->recovery = rr;
+		/* the next snapshot is built from the journal since the latest one */
+		if (cfg->journal_hold_lsn != UINT64_MAX) {
+			fs->snapshot_hold = journal_hold(fs->journal, "snapshot", cfg->journal_hold_lsn);
+			if (fs->snapshot_hold < 0)
+				log_warn("cannot hold the journal for the next snapshot; it will scan the tree");
+		}
 	}
 
 	if (asprintf(&opts, "fsname=%s,subtype=drfs,default_permissions%s%s", cfg->fsname,
@@ -145,6 +157,7 @@ out_table:
 		journal_close(fs->journal);
 	inode_table_release(fs);
 out_free:
+	pthread_rwlock_destroy(&fs->freeze);
 	pthread_mutex_destroy(&fs->lock);
 	free(fs);
 	return ret;
@@ -292,6 +305,44 @@ void fs_close(struct drfs_fs *fs)
 	if (fs->journal && journal_close(fs->journal))
 		log_error("the journal was not closed cleanly; the next mount replays it");
 	inode_table_release(fs);
+	pthread_rwlock_destroy(&fs->freeze);
 	pthread_mutex_destroy(&fs->lock);
 	free(fs);
+}
+
+int fs_freeze(struct drfs_fs *fs, uint64_t *lsn)
+{
+	int ret;
+
+	if (!fs->journal)
+		return -EOPNOTSUPP;
+	pthread_rwlock_wrlock(&fs->freeze);
+	/* no change is in flight; make the journal durable and the tree hold it */
+	uint64_t head = journal_head(fs->journal);
+	ret = journal_wait(fs->journal, head);
+	if (!ret) {
+		pending_drain(fs);
+		ret = journal_error(fs->journal);
+	}
+	if (ret) {
+		pthread_rwlock_unlock(&fs->freeze);
+		return ret;
+	}
+	*lsn = head;
+	return 0;
+}
+
+void fs_thaw(struct drfs_fs *fs)
+{
+	pthread_rwlock_unlock(&fs->freeze);
+}
+
+void fs_snapshot_taken(struct drfs_fs *fs, uint64_t lsn)
+{
+	if (!fs->journal)
+		return;
+	if (fs->snapshot_hold < 0)
+		fs->snapshot_hold = journal_hold(fs->journal, "snapshot", lsn);
+	else
+		journal_release(fs->journal, fs->snapshot_hold, lsn);
 }

@@ -156,6 +156,10 @@ struct snap_info {
 	char tags[SNAP_TAGS_MAX];     /* comma-separated */
 	uint64_t files, bytes, changed, added;
 	char source[16];              /* "scan" or "journal" */
+	/* the root directory's own attributes (key "root": MODE-octal:UID:GID:SEC.NSEC) */
+	uint32_t root_mode, root_uid, root_gid;
+	int64_t root_mtime_sec;
+	uint32_t root_mtime_nsec;
 };
 /* Writes S as snapshots/ID.snap (durably) and sets S->id.  Call after repo_flush. */
 int snap_write(struct repo *r, struct snap_info *s);

@@ -3,7 +3,8 @@
  *
  * Writes BACKING/.drfs/drfs.conf (format version, creation time, and the
  * state directory when --state puts it elsewhere).  Existing data in the
- * directory stays where it is and is served by the mount as it is.
+ * directory stays where it is and is served by the mount as it is; it
+ * becomes the first snapshot of the repository (STATE/repo).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,8 +23,9 @@ static const char init_usage[] =
 	"usage: drfs init BACKING [--state DIR]\n"
 	"\n"
 	"Prepare BACKING (empty or holding data) to be mounted by drfs.  The state\n"
-	"directory (journal, local store, lock, log) is BACKING/.drfs unless --state\n"
-	"puts it elsewhere, e.g. on a faster disk.  BACKING is created if missing.\n"
+	"directory (journal, snapshot repository, lock, log) is BACKING/.drfs unless\n"
+	"--state puts it elsewhere, e.g. on a faster disk.  BACKING is created if\n"
+	"missing.  What BACKING holds becomes the first snapshot.\n"
 	"\n"
 	"options:\n"
 	"  --state DIR   keep the state in DIR instead of BACKING/.drfs\n"
@@ -125,7 +127,21 @@ int cmd_init(int argc, char **argv)
 		goto out;
 	}
 	printf("initialised %s (state in %s)\n", backing, state ? state : conf_dir);
-	ret = EXIT_OK;
+	/* existing data becomes the first snapshot; an empty tree gets one too (cheap) */
+	struct backing b;
+	ret = backing_load(backing, &b);
+	if (ret)
+		goto out;
+	char msg[1024];
+	struct snapshot_request rq = { .tags = "init", .scan = true, .lsn = UINT64_MAX };
+	if (backing_snapshot(&b, &rq, NULL, msg, sizeof(msg))) {
+		say_error("%s", msg);
+		ret = EXIT_FAIL;
+	} else {
+		puts(msg);
+		ret = EXIT_OK;
+	}
+	backing_release(&b);
 out:
 	if (dirfd >= 0)
 		close(dirfd);

@@ -25,10 +25,12 @@
 #include "../common/common.h"
 #include "../fs/fs.h"
 #include "../journal/journal.h"
+#include "../store/store.h"
 #include "tools_i.h"
 
 static const char mount_usage[] =
 	"usage: drfs mount BACKING MOUNTPOINT [-o OPT[,OPT...]] [-f] [-d]\n"
+	"       drfs mount --snapshot SNAP|latest|@TIME SOURCE MOUNTPOINT [-o allow_other] [-f]\n"
 	"       drfs BACKING MOUNTPOINT [-o OPTS]        (the form mount.fuse3 uses)\n"
 	"       mount -t fuse.drfs BACKING MOUNTPOINT [-o OPTS]\n"
 	"\n"
@@ -49,9 +51,22 @@ static const char mount_usage[] =
 	"  -o journal_truncate  after an unclean stop, replay up to a damaged record even\n"
 	"                       though valid records follow it, losing those (drfs refuses\n"
 	"                       otherwise and says where the damage is)\n"
+	"  -o snapshot_interval=SECONDS\n"
+	"                       take a snapshot that often while mounted, when anything\n"
+	"                       changed (changes wait while the touched data is read)\n"
+	"  -o nosnapshot        no snapshot at unmount (by default a clean unmount takes\n"
+	"                       one into STATE/repo, from the journal since the last)\n"
 	"  -f                   stay in the foreground, log to stderr\n"
 	"  -d                   log every FUSE request (implies -f)\n"
 	"  -h, --help           show this help\n"
+	"\n"
+	"--snapshot SNAP mounts one snapshot read-only instead: SOURCE is a backing\n"
+	"directory, a repository directory or file:///path; SNAP an id prefix (8+ hex\n"
+	"digits), 'latest' or @TIME (2026-11-28T17:05:00Z or seconds since the epoch:\n"
+	"the newest at or before it).  File data is read from the repository when\n"
+	"read; nothing is written to it.  -o allow_other, the mount flags and -f, -d\n"
+	"apply; options of a writable mount are refused.  The daemon logs to\n"
+	"/run/drfs/*.log (named by 'log=' in its /run/drfs/*.mount record).\n"
 	"\n"
 	"Permission checks are always done by the kernel (default_permissions).\n";
 
@@ -67,6 +82,8 @@ struct mount_opts {
 	unsigned int max_threads;
 	unsigned int flush_interval;
 	bool journal_truncate;
+	bool snapshot_at_umount;  /* take a snapshot after a clean unmount (default; -o nosnapshot) */
+	unsigned int snapshot_interval; /* seconds between live snapshots; 0: none */
 	bool debug;
 	bool foreground;
 	bool remount;        /* -o remount: change the flags of a mounted drfs */
@@ -144,11 +161,22 @@ static int parse_opts(const char *arg, struct mount_opts *o)
 			o->flush_interval = (unsigned int)n;
 		} else if (!strcmp(key, "journal_truncate") && !value) {
 			o->journal_truncate = true;
+		} else if (!strcmp(key, "nosnapshot") && !value) {
+			o->snapshot_at_umount = false;
 		} else if (!strcmp(key, "remount") && !value) {
 			o->remount = true;
 		} else if (!strcmp(key, "debug") && !value) {
 			o->debug = o->foreground = true;
-		} else if (!strcmp(key, "replica") || !strcmp(key, "snapshot_interval")) {
+		} else if (!strcmp(key, "snapshot_interval") && value) {
+			char *end;
+			unsigned long n = strtoul(value, &end, 10);
+			if (*end || n < 1 || n > 31 * 86400) {
+				say_error("mount option snapshot_interval=%s: give seconds from 1 to 2678400", value);
+				ret = EXIT_USAGE;
+				break;
+			}
+			o->snapshot_interval = (unsigned int)n;
+		} else if (!strcmp(key, "replica")) {
 			say_error("mount option '%s' is not part of this version yet; mount without it", key);
 			ret = EXIT_USAGE;
 			break;
@@ -466,6 +494,8 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	/* a test aid: the Nth journal flush fails */
 	const char *failn = getenv("DRFS_JOURNAL_FAIL_FLUSH");
 	cfg.fail_flush_at = failn ? (unsigned int)strtoul(failn, NULL, 10) : 0;
+	uint64_t hold;
+	cfg.journal_hold_lsn = backing_last_snapshot_lsn(&b, &hold) == 0 ? hold : UINT64_MAX;
 	if (fs_open(&cfg, &fs)) {
 		say_error("mounting %s on %s failed; see the message above", b.path, mnt);
 		goto out;
@@ -488,9 +518,23 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	log_info("mounted %s on %s (pid %ld)", b.path, mnt, (long)getpid());
 	notify_parent(notify_fd, true);
 	notify_fd = -1;
+	struct snapctl *ctl = NULL;
+	if (snapctl_start(&b, fs, o->snapshot_interval,
+			  cfg.journal_hold_lsn == UINT64_MAX ? 0 : cfg.journal_hold_lsn, &ctl))
+		log_warn("snapshots of the live mount are off (see above); one is still taken at unmount");
 	ret = fs_serve(fs) ? EXIT_FAIL : EXIT_OK;
+	snapctl_stop(ctl);
 	remove_records(&b, mnt);
 	log_info("unmounted %s", mnt);
+	fs_close(fs);
+	fs = NULL;
+	/* the tree is quiet and the journal closed: the snapshot at unmount */
+	if (ret == EXIT_OK && o->snapshot_at_umount) {
+		char msg[1024];
+		struct snapshot_request rq = { .tags = "umount", .lsn = UINT64_MAX };
+		if (backing_snapshot(&b, &rq, NULL, msg, sizeof(msg)))
+			log_error("no snapshot at unmount: %s", msg);
+	}
 out_close:
 	fs_close(fs);
 out:
@@ -506,15 +550,250 @@ out:
 	return ret;
 }
 
+/* ---- drfs mount --snapshot: one snapshot, read-only (fs/snapshot.c) ---- */
+
+/*
+ * Opens the repository of SRC read-only: a backing directory (its
+ * STATE/repo), a repository directory, or file:///path.  *BACKING gets the
+ * backing directory's absolute path when SRC is one (caller frees), else
+ * NULL.  0 or -errno after a message.  The same resolution as open_source()
+ * in cmd_snapshot.c; the two are to be merged.
+ */
+static int snapmount_open_source(const char *src, struct repo **r, char **backing)
+{
+	char *dir = NULL, *conf;
+	struct stat st;
+	int ret;
+
+	*backing = NULL;
+	if (!strncmp(src, "file://", 7)) {
+		dir = strdup(src + 7);
+	} else {
+		conf = path_join(src, DRFS_STATE_NAME "/" DRFS_CONF_NAME);
+		bool is_backing = conf && stat(conf, &st) == 0;
+		free(conf);
+		if (is_backing) {
+			struct backing b;
+			if (backing_load(src, &b))
+				return -EINVAL;
+			dir = backing_repo_dir(&b);
+			*backing = strdup(b.path);
+			backing_release(&b);
+		} else {
+			dir = strdup(src);
+		}
+	}
+	if (!dir)
+		goto out_nomem;
+	if (!repo_exists(dir)) {
+		say_error("%s holds no snapshots (no repository at %s); take one with 'drfs snapshot BACKING'",
+			  src, dir);
+		ret = -ENOENT;
+		goto out;
+	}
+	ret = repo_open(dir, false, r);
+	if (ret)
+		say_error("cannot open the repository %s: %s (see the message above)", dir,
+			  strerror(-ret));
+out:
+	free(dir);
+	if (ret) {
+		free(*backing);
+		*backing = NULL;
+	}
+	return ret;
+out_nomem:
+	free(*backing);
+	*backing = NULL;
+	return -ENOMEM;
+}
+
+struct snapmount_run {
+	const struct mount_opts *o;
+	const char *mnt;
+	const char *repo;
+	char id[65];
+	char record[64];     /* /run/drfs/HASH.mount */
+	char log_path[64];   /* /run/drfs/HASH.log */
+	int notify_fd;
+};
+
+/*
+ * Called by fs_serve_snapshot() once mounted: applies the flags libfuse
+ * does not take, detaches, and writes the record 'drfs umount' finds the
+ * daemon by (/run/drfs only; nothing goes near the repository).
+ */
+static int snapmount_ready(void *arg)
+{
+	struct snapmount_run *run = arg;
+	char text[8192], stamp[64];
+	time_t now = time(NULL);
+	struct tm tm;
+	int fd, len, ret;
+
+	if (*run->o->after && do_remount(run->mnt, run->o->after, true) != EXIT_OK)
+		return -EINVAL;
+	if (!run->o->foreground) {
+		ret = daemonize(&run->notify_fd);
+		if (ret) {
+			say_error("cannot detach from the terminal: %s", strerror(-ret));
+			return ret;
+		}
+		redirect_stdio(run->log_path);
+		log_set_timestamps(true);
+	}
+	gmtime_r(&now, &tm);
+	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	len = snprintf(text, sizeof(text),
+		       "pid=%ld\nmountpoint=%s\nsnapshot=%s\nrepository=%s\nstarted=%s\nlog=%s\n",
+		       (long)getpid(), run->mnt, run->id, run->repo, stamp, run->log_path);
+	mkdir("/run/drfs", 0755);
+	fd = open("/run/drfs", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || write_file_durable(fd, strrchr(run->record, '/') + 1, text, (size_t)len))
+		log_warn("cannot write %s; 'drfs umount %s' will not wait for this daemon",
+			 run->record, run->mnt);
+	if (fd >= 0)
+		close(fd);
+	log_info("mounted snapshot %.16s of %s on %s (pid %ld)", run->id, run->repo, run->mnt,
+		 (long)getpid());
+	notify_parent(run->notify_fd, true);
+	run->notify_fd = -1;
+	return 0;
+}
+
+/* Options of a writable mount: a snapshot mount refuses them. */
+static const char *snapmount_refused(const struct mount_opts *o)
+{
+	char *buf = malloc(strlen(o->kernel) + 1), *key, *value;
+	const char *cur = o->kernel, *bad = NULL;
+
+	while (buf && !bad && opt_next(&cur, buf, &key, &value))
+		if (!strcmp(key, "rw"))
+			bad = "rw";
+	free(buf);
+	if (bad)
+		return bad;
+	if (o->remount)
+		return "remount";
+	if (o->journal_truncate)
+		return "journal_truncate";
+	if (o->flush_interval)
+		return "flush_interval";
+	if (o->snapshot_interval)
+		return "snapshot_interval";
+	if (o->max_threads)
+		return "max_threads";
+	return NULL;
+}
+
+static int do_snapshot_mount(const char *spec, const char *source, const char *mnt_arg,
+			     struct mount_opts *o)
+{
+	struct snapmount_run run = { .o = o, .notify_fd = -1 };
+	struct snapmount_config cfg = { 0 };
+	struct repo *r = NULL;
+	struct snap_info s;
+	struct stat st;
+	char *mnt = NULL, *backing = NULL, *fstype = NULL;
+	const char *bad = snapmount_refused(o);
+	int ret = EXIT_FAIL, fd;
+
+	if (bad) {
+		say_error("mount option '%s' is for a writable mount; a --snapshot mount is read-only (see 'drfs mount --help')",
+			  bad);
+		return EXIT_USAGE;
+	}
+	if (snapmount_open_source(o->source ? o->source : source, &r, &backing))
+		return EXIT_FAIL;
+	ret = snap_resolve(r, spec, &s);
+	if (ret == -ENOENT)
+		say_error("no snapshot matches '%s' in %s; list them with 'drfs snapshots'", spec,
+			  repo_dir(r));
+	else if (ret == -EEXIST)
+		say_error("'%s' matches several snapshots; give more hex digits", spec);
+	else if (ret == -EINVAL)
+		say_error("'%s' is not a snapshot: give an id (8+ hex digits), 'latest' or @TIME (2026-11-28T17:05:00Z or seconds since the epoch)",
+			  spec);
+	else if (ret)
+		say_error("cannot read the snapshots of %s: %s", repo_dir(r), strerror(-ret));
+	ret = ret ? EXIT_FAIL : EXIT_OK;
+	if (ret)
+		goto out;
+	ret = EXIT_FAIL;
+	mnt = path_absolute(mnt_arg);
+	if (!mnt)
+		goto out;
+	if (stat(mnt, &st) < 0) {
+		say_error("mountpoint %s: %s; create it with 'mkdir -p %s'", mnt, strerror(errno), mnt);
+		goto out;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		say_error("mountpoint %s is not a directory; give an empty directory", mnt);
+		goto out;
+	}
+	if (is_mount_point(mnt, &fstype)) {
+		say_error("%s is already a mount point (%s); unmount it first or choose another directory",
+			  mnt, fstype ? fstype : "unknown type");
+		goto out;
+	}
+	/* inside the backing, the next snapshot's scan would descend into it */
+	size_t bl = backing ? strlen(backing) : 0;
+	if (backing && !strncmp(mnt, backing, bl) && (mnt[bl] == '/' || !mnt[bl] || backing[bl - 1] == '/')) {
+		say_error("mountpoint %s lies inside the backing directory %s; choose a directory outside it",
+			  mnt, backing);
+		goto out;
+	}
+	fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		say_error("cannot open /dev/fuse: %s; install fuse3 and load the module (modprobe fuse)",
+			  strerror(errno));
+		goto out;
+	}
+	close(fd);
+
+	store_id_hex(&s.id, run.id);
+	run.mnt = mnt;
+	run.repo = repo_dir(r);
+	mount_record_run_path(mnt, run.record, sizeof(run.record));
+	snprintf(run.log_path, sizeof(run.log_path), "%.*s.log",
+		 (int)(strrchr(run.record, '.') - run.record), run.record);
+	cfg.mountpoint = mnt;
+	cfg.kernel_opts = o->kernel;
+	cfg.debug = o->debug;
+	cfg.foreground = o->foreground;
+	cfg.ready = snapmount_ready;
+	cfg.ready_arg = &run;
+	ret = fs_serve_snapshot(r, &s, &cfg);
+	if (ret) {
+		say_error("mounting snapshot %.16s on %s failed: %s; see the message above", run.id,
+			  mnt, strerror(-ret));
+		ret = EXIT_FAIL;
+	} else {
+		ret = EXIT_OK;
+	}
+	if (run.notify_fd < 0 && (o->foreground || run.notify_fd == -1))
+		unlink(run.record);
+	log_info("unmounted %s", mnt);
+out:
+	notify_parent(run.notify_fd, false);
+	repo_close(r);
+	free(fstype);
+	free(backing);
+	free(mnt);
+	return ret;
+}
+
 int cmd_mount(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
 		{ "options", required_argument, NULL, 'o' },
 		{ "foreground", no_argument, NULL, 'f' },
+		{ "snapshot", required_argument, NULL, 'S' },
 		{ 0 },
 	};
-	struct mount_opts o = { 0 };
+	struct mount_opts o = { .snapshot_at_umount = true };
+	const char *snapshot = NULL;
 	int c, ret;
 
 	/* GNU getopt also takes options after the operands, as mount.fuse3 puts them. */
@@ -535,6 +814,9 @@ int cmd_mount(int argc, char **argv)
 		case 'd':
 			o.debug = o.foreground = true;
 			break;
+		case 'S':
+			snapshot = optarg;
+			break;
 		default:
 			fputs(mount_usage, stderr);
 			ret = EXIT_USAGE;
@@ -547,10 +829,16 @@ int cmd_mount(int argc, char **argv)
 		goto out;
 	}
 	if (argc - optind == 2) {
-		ret = do_mount(argv[optind], argv[optind + 1], &o);
+		if (snapshot)
+			ret = do_snapshot_mount(snapshot, argv[optind], argv[optind + 1], &o);
+		else
+			ret = do_mount(argv[optind], argv[optind + 1], &o);
 		goto out;
 	}
-	say_error("mount needs BACKING and MOUNTPOINT; see 'drfs mount --help'");
+	if (snapshot)
+		say_error("mount --snapshot needs SOURCE and MOUNTPOINT; see 'drfs mount --help'");
+	else
+		say_error("mount needs BACKING and MOUNTPOINT; see 'drfs mount --help'");
 	ret = EXIT_USAGE;
 out:
 	free(o.source);
@@ -566,7 +854,7 @@ int cmd_mount_helper(int argc, char **argv)
 {
 	const char *base = strrchr(argv[0], '/');
 	bool helper = !strncmp(base ? base + 1 : argv[0], "mount.", 6);
-	struct mount_opts o = { 0 };
+	struct mount_opts o = { .snapshot_at_umount = true };
 	const char *pos[2] = { NULL, NULL };
 	int npos = 0, ret = EXIT_OK;
 	bool fake = false;

@@ -28,6 +28,10 @@ static const char usage_text[] =
 	"  status MOUNTPOINT|BACKING [--json]  show what drfs knows about a backing directory\n"
 	"  journal dump BACKING [--from LSN] [--to LSN]\n"
 	"                                      print the journal, one line per record\n"
+	"  snapshot BACKING [--tag TAG]        snapshot an unmounted backing directory\n"
+	"  snapshots SOURCE [--json]           list the snapshots\n"
+	"  diff SOURCE SNAP_A SNAP_B           what changed between two snapshots\n"
+	"  restore SOURCE SNAP|@TIME DIR       write a snapshot's tree into DIR\n"
 	"  version                             print the version\n"
 	"\n"
 	"'drfs <command> --help' describes each command.\n";
@@ -302,6 +306,8 @@ int main(int argc, char **argv)
 	} cmds[] = {
 		{ "init", cmd_init },     { "mount", cmd_mount },   { "umount", cmd_umount },
 		{ "unmount", cmd_umount }, { "status", cmd_status }, { "journal", cmd_journal }, { "version", cmd_version },
+		{ "snapshot", cmd_snapshot }, { "snapshots", cmd_snapshots }, { "diff", cmd_diff },
+		{ "restore", cmd_restore },
 	};
 	const char *base = strrchr(argv[0], '/');
 

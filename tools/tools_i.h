@@ -64,6 +64,47 @@ int cmd_mount_helper(int argc, char **argv);
 int cmd_umount(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_journal(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
+int cmd_snapshots(int argc, char **argv);
+int cmd_diff(int argc, char **argv);
+int cmd_restore(int argc, char **argv);
+
+struct snap_info;
+/* STATE/repo of B, malloc'd. */
+char *backing_repo_dir(const struct backing *b);
+struct snapshot_request {
+	const char *tags;             /* may be NULL */
+	bool scan;                    /* read the whole tree, not the journal range */
+	uint64_t lsn;                 /* the LSN the tree is at; UINT64_MAX: a closed journal's end */
+};
+/*
+ * Takes a snapshot of the backing B, which nothing may change meanwhile
+ * (the caller holds STATE/lock, or has frozen the mount): from the latest
+ * snapshot and the journal since, or by reading the whole tree.  MSG gets
+ * the one-line summary, or on failure what went wrong and what to do.
+ * *OUT (may be NULL) gets the snapshot.  0 or -errno.
+ */
+int backing_snapshot(const struct backing *b, const struct snapshot_request *rq,
+		     struct snap_info *out, char *msg, size_t msglen);
+/* snapctl.c: snapshots of a live mount (control socket, timer) */
+struct snapctl;
+struct drfs_fs;
+/*
+ * Starts the daemon's snapshot thread for FS: it answers 'drfs snapshot' on
+ * STATE/control.sock and, with INTERVAL_S, takes a snapshot that often when
+ * the journal moved past LAST_LSN.  0 or -errno (logged).
+ */
+int snapctl_start(const struct backing *b, struct drfs_fs *fs, unsigned interval_s,
+		  uint64_t last_lsn, struct snapctl **out);
+void snapctl_stop(struct snapctl *c);
+/*
+ * Asks the daemon of STATE_DIR for a snapshot tagged TAGS; REPLY gets its
+ * answer line ("ok SUMMARY" or "error MESSAGE").  0 or -errno (no daemon).
+ */
+int snapctl_request(const char *state_dir, const char *tags, char *reply, size_t len);
+
+/* The LSN of the latest snapshot of B.  0 or -ENOENT (none). */
+int backing_last_snapshot_lsn(const struct backing *b, uint64_t *lsn);
 
 struct journal_stats;
 /*

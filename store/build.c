@@ -1,0 +1,861 @@
+/*
+ * build.c - building a snapshot of a tree (docs/snapshot-design.md).
+ *
+ * Both ways of building walk the tree's metadata (one fstatat, the xattrs
+ * and, for symlinks, readlinkat per entry) and encode every directory as a
+ * tree blob; they differ only in which file data they read:
+ *
+ *  - a scan reads and chunks every regular file;
+ *  - an incremental build first reads the journal range (parent LSN, LSN]
+ *    and notes, per inode, the byte ranges that WRITE, COPY, FALLOCATE and
+ *    size changes touched and the objects CREATE made.  A file the journal
+ *    did not touch keeps the parent's chunk list without being read; a
+ *    touched file is re-chunked from the last old cut point before each
+ *    touched range until the chunker cuts again at an old cut point after
+ *    it (content-defined cuts resynchronise), so only the touched ranges
+ *    and at most a chunk or two around each are read.
+ *
+ * Invariant 4: both give the same root tree id for the same tree.  This
+ * holds because chunking restarts at every data extent (docs/format.md
+ * "Chunking"), so the cuts of an untouched range depend only on its bytes
+ * and on the position of the cut before it.  A range the journal cannot
+ * vouch for (a RECOVERED record, records no longer kept) makes the build a
+ * scan.
+ *
+ * Hard links: a file with a link count above 1 is read once per build; its
+ * other names reuse the chunk list.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../common/common.h"
+#include "../journal/journal.h"
+#include "store.h"
+
+/* ---- a map from inode number to a value (open addressing) ---- */
+
+struct imap_slot {
+	uint64_t ino;                 /* 0: empty (no file has inode 0) */
+	void *val;
+};
+struct imap {
+	struct imap_slot *s;
+	size_t cap, n;
+};
+
+static size_t imap_hash(uint64_t ino, size_t cap)
+{
+	ino *= 0x9E3779B97F4A7C15ull;
+	return (size_t)(ino >> 17) & (cap - 1);
+}
+
+static void **imap_slot(struct imap *m, uint64_t ino, bool create)
+{
+	if (create && (m->n + 1) * 4 > m->cap * 3) {
+		size_t cap = m->cap ? m->cap * 2 : 256;
+		struct imap_slot *s = calloc(cap, sizeof(*s));
+		if (!s)
+			return NULL;
+		for (size_t i = 0; i < m->cap; i++) {
+			if (!m->s[i].ino)
+				continue;
+			size_t h = imap_hash(m->s[i].ino, cap);
+			while (s[h].ino)
+				h = (h + 1) & (cap - 1);
+			s[h] = m->s[i];
+		}
+		free(m->s);
+		m->s = s;
+		m->cap = cap;
+	}
+	if (!m->cap)
+		return NULL;
+	size_t h = imap_hash(ino, m->cap);
+	while (m->s[h].ino) {
+		if (m->s[h].ino == ino)
+			return &m->s[h].val;
+		h = (h + 1) & (m->cap - 1);
+	}
+	if (!create)
+		return NULL;
+	m->s[h].ino = ino;
+	m->n++;
+	return &m->s[h].val;
+}
+
+static void *imap_get(struct imap *m, uint64_t ino)
+{
+	void **v = imap_slot(m, ino, false);
+	return v ? *v : NULL;
+}
+
+/* ---- the ranges the journal says changed, per inode ---- */
+
+#define WHOLE_FILE UINT64_MAX
+
+struct range {
+	uint64_t start, end;          /* [start, end) */
+};
+struct dirty {
+	bool all;                     /* made in the range: read it whole */
+	size_t n, cap;
+	struct range *r;
+};
+
+static int dirty_add(struct imap *m, uint64_t ino, uint64_t start, uint64_t end)
+{
+	void **slot = imap_slot(m, ino, true);
+	if (!slot)
+		return -ENOMEM;
+	struct dirty *d = *slot;
+	if (!d) {
+		d = calloc(1, sizeof(*d));
+		if (!d)
+			return -ENOMEM;
+		*slot = d;
+	}
+	if (start == WHOLE_FILE) {
+		d->all = true;
+		return 0;
+	}
+	if (end <= start)
+		end = start + 1;
+	/* merge with the last range when they touch (writes usually go forward) */
+	if (d->n && d->r[d->n - 1].end >= start && d->r[d->n - 1].start <= end) {
+		struct range *l = &d->r[d->n - 1];
+		l->start = l->start < start ? l->start : start;
+		l->end = l->end > end ? l->end : end;
+		return 0;
+	}
+	if (d->n == d->cap) {
+		size_t cap = d->cap ? d->cap * 2 : 4;
+		struct range *r = realloc(d->r, cap * sizeof(*r));
+		if (!r)
+			return -ENOMEM;
+		d->r = r;
+		d->cap = cap;
+	}
+	d->r[d->n++] = (struct range){ start, end };
+	return 0;
+}
+
+static int range_cmp(const void *a, const void *b)
+{
+	const struct range *x = a, *y = b;
+	return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Sorts and merges the ranges of D. */
+static void dirty_finish(struct dirty *d)
+{
+	size_t out = 0;
+
+	qsort(d->r, d->n, sizeof(*d->r), range_cmp);
+	for (size_t i = 0; i < d->n; i++) {
+		if (out && d->r[out - 1].end >= d->r[i].start) {
+			if (d->r[i].end > d->r[out - 1].end)
+				d->r[out - 1].end = d->r[i].end;
+		} else {
+			d->r[out++] = d->r[i];
+		}
+	}
+	d->n = out;
+}
+
+/*
+ * Reads the journal in DIR over [FROM, TO) into M.  Returns 0, or 1 when
+ * the range cannot be used (WHY says why), or -errno.
+ */
+static int read_journal_range(const char *dir, uint64_t from, uint64_t to, struct imap *m,
+			      char *why, size_t whylen)
+{
+	struct jreader *rd;
+	struct jrec r;
+	int ret = jreader_open(dir, from, &rd);
+
+	if (ret) {
+		snprintf(why, whylen, "the journal from LSN 0x%llx is not kept any more (%s)",
+			 (unsigned long long)from, strerror(-ret));
+		return 1;
+	}
+	while (jreader_lsn(rd) < to) {
+		ret = jreader_next(rd, &r);
+		if (ret < 0)
+			goto out;
+		if (ret == 0) {
+			snprintf(why, whylen, "the journal ends at LSN 0x%llx, before 0x%llx%s%s",
+				 (unsigned long long)jreader_lsn(rd), (unsigned long long)to,
+				 jreader_stop(rd) ? ": " : "", jreader_stop(rd) ? jreader_stop(rd) : "");
+			ret = 1;
+			goto out;
+		}
+		switch (r.type) {
+		case JR_WRITE:
+			ret = dirty_add(m, r.fid.ino, r.offset, r.offset + r.data_len);
+			break;
+		case JR_COPY:
+			ret = dirty_add(m, r.fid.ino, r.offset, r.offset + r.data_len);
+			break;
+		case JR_FALLOCATE:
+			ret = dirty_add(m, r.fid.ino, r.offset, r.offset + r.size);
+			break;
+		case JR_SETATTR:
+			ret = (r.mask & JA_SIZE) ? dirty_add(m, r.fid.ino, r.size, WHOLE_FILE - 1) : 0;
+			break;
+		case JR_CREATE:
+			ret = S_ISREG(r.mode) ? dirty_add(m, r.fid.ino, WHOLE_FILE, 0) : 0;
+			break;
+		case JR_RECOVERED:
+			snprintf(why, whylen,
+				 "the journal holds a recovery at LSN 0x%llx (changes without records are possible)",
+				 (unsigned long long)r.lsn);
+			ret = 1;
+			goto out;
+		default:
+			ret = 0;
+		}
+		if (ret)
+			goto out;
+	}
+	if (jreader_lsn(rd) != to) {
+		snprintf(why, whylen, "LSN 0x%llx is not a record boundary", (unsigned long long)to);
+		ret = 1;
+	}
+out:
+	jreader_close(rd);
+	return ret;
+}
+
+/* ---- the builder ---- */
+
+/* The chunk list of a file with several names, read once per build. */
+struct linkinfo {
+	uint64_t size;
+	uint32_t n;
+	struct tree_chunk c[];
+};
+
+struct builder {
+	struct repo *r;
+	const struct snap_build *b;
+	struct chunker_params cp;
+	bool incremental;
+	struct imap dirty;            /* ino -> struct dirty (incremental) */
+	struct imap old;              /* ino -> const struct tree_entry * of the parent */
+	struct tree *old_trees;       /* the parent's trees, kept while building */
+	size_t nold, capold;
+	struct imap links;            /* ino -> struct linkinfo (nlink > 1), made this build */
+	unsigned char *buf;           /* read buffer */
+	size_t buflen;
+	struct snap_build_stats st;
+	uint64_t files_changed;
+	char path[PATH_MAX];          /* the path being built, for messages */
+};
+
+/* Loads every tree of the parent snapshot under ID and indexes its files by inode. */
+static int load_parent(struct builder *bd, const struct store_id *id)
+{
+	if (bd->nold == bd->capold) {
+		size_t cap = bd->capold ? bd->capold * 2 : 64;
+		struct tree *t = realloc(bd->old_trees, cap * sizeof(*t));
+		if (!t)
+			return -ENOMEM;
+		bd->old_trees = t;
+		bd->capold = cap;
+	}
+	size_t slot = bd->nold;
+	int ret = tree_load(bd->r, id, &bd->old_trees[slot]);
+	if (ret)
+		return ret;
+	bd->nold++;
+	/* the array may move while recursing: index entries through a copy of the tree */
+	struct tree t = bd->old_trees[slot];
+	for (uint32_t i = 0; i < t.n; i++) {
+		struct tree_entry *e = &t.e[i];
+		if (e->type == TT_REG) {
+			void **v = imap_slot(&bd->old, e->ident, true);
+			if (!v)
+				return -ENOMEM;
+			*v = e;
+		} else if (e->type == TT_DIR) {
+			ret = load_parent(bd, &e->subtree);
+			if (ret)
+				return ret;
+		}
+	}
+	return 0;
+}
+
+static int map_type(mode_t m)
+{
+	switch (m & S_IFMT) {
+	case S_IFREG: return TT_REG;
+	case S_IFDIR: return TT_DIR;
+	case S_IFLNK: return TT_SYMLINK;
+	case S_IFCHR: return TT_CHR;
+	case S_IFBLK: return TT_BLK;
+	case S_IFIFO: return TT_FIFO;
+	case S_IFSOCK: return TT_SOCK;
+	}
+	return 0;
+}
+
+static int xattr_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct tree_xattr *)a)->name, ((const struct tree_xattr *)b)->name);
+}
+
+/* Reads the xattrs of the object at PATH (not following a symlink) into E. */
+static int read_xattrs(const char *path, struct tree_entry *e)
+{
+	char list[65536];
+	ssize_t n = llistxattr(path, list, sizeof(list));
+
+	if (n < 0)
+		return (errno == ENOTSUP || errno == ENODATA) ? 0 : -errno;
+	size_t count = 0;
+	for (ssize_t i = 0; i < n; i += (ssize_t)strlen(list + i) + 1)
+		count++;
+	if (!count)
+		return 0;
+	e->xattr = calloc(count, sizeof(*e->xattr));
+	if (!e->xattr)
+		return -ENOMEM;
+	for (ssize_t i = 0; i < n; i += (ssize_t)strlen(list + i) + 1) {
+		const char *name = list + i;
+		ssize_t vlen = lgetxattr(path, name, NULL, 0);
+		if (vlen < 0) {
+			if (errno == ENODATA)
+				continue;
+			return -errno;
+		}
+		struct tree_xattr *x = &e->xattr[e->nxattr];
+		x->name = strdup(name);
+		x->value = malloc(vlen ? (size_t)vlen : 1);
+		if (!x->name || !x->value) {
+			free(x->name);
+			free(x->value);
+			return -ENOMEM;
+		}
+		e->nxattr++;
+		vlen = lgetxattr(path, name, x->value, (size_t)vlen);
+		if (vlen < 0)
+			return errno == ERANGE ? -EAGAIN : -errno;
+		x->len = (uint32_t)vlen;
+	}
+	qsort(e->xattr, e->nxattr, sizeof(*e->xattr), xattr_cmp);
+	return 0;
+}
+
+static int add_chunk(struct tree_entry *e, uint32_t *cap, uint64_t off, uint32_t len,
+		     const struct store_id *id)
+{
+	if (e->nchunk == *cap) {
+		uint32_t c = *cap ? *cap * 2 : 8;
+		struct tree_chunk *p = realloc(e->chunk, c * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		e->chunk = p;
+		*cap = c;
+	}
+	e->chunk[e->nchunk].offset = off;
+	e->chunk[e->nchunk].len = len;
+	e->chunk[e->nchunk].id = *id;
+	e->nchunk++;
+	return 0;
+}
+
+/* Makes sure BD->buf holds at least N bytes. */
+static int want_buf(struct builder *bd, size_t n)
+{
+	if (bd->buflen >= n)
+		return 0;
+	unsigned char *p = realloc(bd->buf, n);
+	if (!p)
+		return -ENOMEM;
+	bd->buf = p;
+	bd->buflen = n;
+	return 0;
+}
+
+static int pread_exact(int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+	while (done < len) {
+		ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -ENODATA;   /* the file shrank under us */
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+/*
+ * Chunks from START (a cut point: the chunker state is reset there) towards
+ * REGION_END.  With OLD (the parent's chunks of this region from START on,
+ * NOLD of them), stops as soon as a cut lands where an old chunk ends: from
+ * there the old chunking holds again for bytes the journal did not touch.
+ * *STOPPED gets the position reached.
+ */
+static int chunk_span(struct builder *bd, int fd, struct tree_entry *e, uint32_t *cap,
+		      uint64_t start, uint64_t region_end, const struct tree_chunk *old,
+		      size_t nold, uint64_t *stopped)
+{
+	uint64_t pos = start;
+	size_t oi = 0;
+	int ret = want_buf(bd, bd->cp.max);
+
+	if (ret)
+		return ret;
+	while (pos < region_end) {
+		size_t want = region_end - pos < bd->cp.max ? (size_t)(region_end - pos) : bd->cp.max;
+		ret = pread_exact(fd, bd->buf, want, pos);
+		if (ret)
+			return ret;
+		bd->st.bytes_read += want;
+		size_t cut = chunker_cut(&bd->cp, bd->buf, want);
+		struct store_id id;
+		bool added;
+		ret = repo_put(bd->r, BLOB_DATA, bd->buf, cut, &id, &added);
+		if (ret)
+			return ret;
+		if (added)
+			bd->st.chunks_new++;
+		ret = add_chunk(e, cap, pos, (uint32_t)cut, &id);
+		if (ret)
+			return ret;
+		pos += cut;
+		while (oi < nold && old[oi].offset + old[oi].len < pos)
+			oi++;
+		if (oi < nold && old[oi].offset + old[oi].len == pos)
+			break;
+	}
+	*stopped = pos;
+	return 0;
+}
+
+/*
+ * Whether an old data region starts at START: a chunk starts there and the
+ * one before it (if any) does not end there, or START is a region split.
+ */
+static bool old_region_starts_at(const struct tree_entry *o, uint64_t start, size_t *idx)
+{
+	for (uint32_t i = 0; i < o->nchunk; i++) {
+		if (o->chunk[i].offset > start)
+			break;
+		if (o->chunk[i].offset == start) {
+			*idx = i;
+			return i == 0 || o->chunk[i - 1].offset + o->chunk[i - 1].len != start ||
+			       (start % CHUNK_REGION_MAX) == 0;
+		}
+	}
+	return false;
+}
+
+/*
+ * Chunks the region [RS, RE) of the file at FD into E.  OLD is the parent's
+ * entry of the same file (NULL: none) and D what the journal says changed
+ * (NULL: nothing).
+ *
+ * Every position POS the loop stands at is a cut point of a scan of the
+ * new region: RS is one; an old chunk that starts at POS, whose bytes the
+ * journal did not touch and that was not cut short by the old region's end
+ * is cut the same way now; and chunk_span cuts as a scan would.
+ */
+static int chunk_region(struct builder *bd, int fd, struct tree_entry *e, uint32_t *cap,
+			uint64_t rs, uint64_t re, const struct tree_entry *old,
+			const struct dirty *d)
+{
+	uint64_t stopped;
+	size_t oi = 0;
+
+	if (!old || (d && d->all) || !old_region_starts_at(old, rs, &oi))
+		return chunk_span(bd, fd, e, cap, rs, re, NULL, 0, &stopped);
+
+	/* the old region: the contiguous run of chunks from RS, up to a split */
+	size_t oend = oi;
+	uint64_t ore = rs;
+	while (oend < old->nchunk && old->chunk[oend].offset == ore &&
+	       (ore == rs || ore % CHUNK_REGION_MAX)) {
+		ore += old->chunk[oend].len;
+		oend++;
+	}
+
+	uint64_t pos = rs;
+	size_t di = 0;
+	for (;;) {
+		while (d && di < d->n && d->r[di].end <= pos)
+			di++;
+		uint64_t nd = re;
+		if (d && di < d->n && d->r[di].start < re)
+			nd = d->r[di].start > pos ? d->r[di].start : pos;
+		while (oi < oend && old->chunk[oi].offset == pos) {
+			uint64_t cend = pos + old->chunk[oi].len;
+			if (cend > nd || cend > re || (cend == ore && re != ore))
+				break;
+			int ret = add_chunk(e, cap, pos, old->chunk[oi].len, &old->chunk[oi].id);
+			if (ret)
+				return ret;
+			pos = cend;
+			oi++;
+		}
+		if (pos >= re)
+			return 0;
+		while (oi < oend && old->chunk[oi].offset < pos)
+			oi++;
+		int ret = chunk_span(bd, fd, e, cap, pos, re, old->chunk + oi, oend - oi, &stopped);
+		if (ret)
+			return ret;
+		pos = stopped;
+		if (pos >= re)
+			return 0;
+		while (oi < oend && old->chunk[oi].offset < pos)
+			oi++;
+	}
+}
+
+/* Fills the chunk list of the regular file E from the file at FD. */
+static int build_file(struct builder *bd, int fd, struct tree_entry *e,
+		      const struct tree_entry *old, const struct dirty *d)
+{
+	uint32_t cap = 0;
+	uint64_t size = e->size, pos = 0;
+
+	while (pos < size) {
+		off_t ds = lseek(fd, (off_t)pos, SEEK_DATA);
+		if (ds < 0) {
+			if (errno == ENXIO)
+				break;
+			return -errno;
+		}
+		off_t de = lseek(fd, ds, SEEK_HOLE);
+		if (de < 0)
+			return -errno;
+		if ((uint64_t)de > size)
+			de = (off_t)size;
+		for (uint64_t rs = (uint64_t)ds, re; rs < (uint64_t)de; rs = re) {
+			re = (rs / CHUNK_REGION_MAX + 1) * CHUNK_REGION_MAX;
+			if (re > (uint64_t)de)
+				re = (uint64_t)de;
+			int ret = chunk_region(bd, fd, e, &cap, rs, re, old, d);
+			if (ret)
+				return ret;
+		}
+		pos = (uint64_t)de;
+	}
+	return 0;
+}
+
+static int build_dir(struct builder *bd, int dirfd, size_t plen, struct store_id *out);
+
+/* Makes the tree entry E for NAME in DIRFD (with ST its stat). */
+static int build_entry(struct builder *bd, int dirfd, const char *name, const struct stat *st,
+		       size_t plen, struct tree_entry *e)
+{
+	char p[64 + NAME_MAX];
+	int ret;
+
+	e->name = strdup(name);
+	if (!e->name)
+		return -ENOMEM;
+	e->type = (uint8_t)map_type(st->st_mode);
+	e->mode = st->st_mode & 07777;
+	e->uid = st->st_uid;
+	e->gid = st->st_gid;
+	e->nlink = e->type == TT_DIR ? 0 : (uint32_t)st->st_nlink;
+	e->mtime_sec = st->st_mtim.tv_sec;
+	e->mtime_nsec = (uint32_t)st->st_mtim.tv_nsec;
+	e->ident = st->st_ino;
+	if (e->type == TT_CHR || e->type == TT_BLK)
+		e->rdev = st->st_rdev;
+	proc_fd_path(p, dirfd);
+	strcat(p, "/");
+	strcat(p, name);
+	ret = read_xattrs(p, e);
+	if (ret)
+		return ret;
+
+	switch (e->type) {
+	case TT_SYMLINK: {
+		char target[PATH_MAX + 1];
+		ssize_t n = readlinkat(dirfd, name, target, PATH_MAX);
+		if (n < 0)
+			return -errno;
+		target[n] = 0;
+		e->target = strdup(target);
+		if (!e->target)
+			return -ENOMEM;
+		e->size = (uint64_t)n;
+		return 0;
+	}
+	case TT_DIR: {
+		int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+		ret = build_dir(bd, fd, plen, &e->subtree);
+		close(fd);
+		bd->st.dirs++;
+		return ret;
+	}
+	case TT_REG:
+		break;
+	default:
+		return 0;
+	}
+
+	e->size = (uint64_t)st->st_size;
+	bd->st.files++;
+	bd->st.bytes += e->size;
+	if (st->st_nlink > 1) {
+		const struct linkinfo *same = imap_get(&bd->links, st->st_ino);
+		if (same && same->size == e->size) {
+			if (same->n) {
+				e->chunk = malloc(same->n * sizeof(*e->chunk));
+				if (!e->chunk)
+					return -ENOMEM;
+				memcpy(e->chunk, same->c, same->n * sizeof(*e->chunk));
+			}
+			e->nchunk = same->n;
+			return 0;
+		}
+	}
+
+	const struct tree_entry *old = NULL;
+	const struct dirty *d = NULL;
+	if (bd->incremental) {
+		old = imap_get(&bd->old, st->st_ino);
+		d = imap_get(&bd->dirty, st->st_ino);
+		if (old && !d && old->size == e->size) {
+			/* untouched: the parent's chunks, unread */
+			if (old->nchunk) {
+				e->chunk = malloc(old->nchunk * sizeof(*e->chunk));
+				if (!e->chunk)
+					return -ENOMEM;
+				memcpy(e->chunk, old->chunk, old->nchunk * sizeof(*e->chunk));
+			}
+			e->nchunk = old->nchunk;
+			goto out_link;
+		}
+		if (old && !d)
+			log_warn("%s: size changed without a journal record (%llu -> %llu); reading it whole",
+				 bd->path, (unsigned long long)old->size, (unsigned long long)e->size);
+		if (old && !d)
+			old = NULL;
+	}
+
+	bd->files_changed++;
+	bd->st.files_read++;
+	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOATIME);
+	if (fd < 0 && errno == EPERM)
+		fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	ret = build_file(bd, fd, e, old, d);
+	close(fd);
+	if (ret)
+		return ret;
+
+out_link:
+	if (st->st_nlink > 1) {
+		void **v = imap_slot(&bd->links, st->st_ino, true);
+		if (!v)
+			return -ENOMEM;
+		struct linkinfo *li = malloc(sizeof(*li) + e->nchunk * sizeof(li->c[0]));
+		if (!li)
+			return -ENOMEM;
+		li->size = e->size;
+		li->n = e->nchunk;
+		if (e->nchunk)
+			memcpy(li->c, e->chunk, e->nchunk * sizeof(li->c[0]));
+		free(*v);
+		*v = li;
+	}
+	return 0;
+}
+
+/*
+ * Builds the tree of the directory at DIRFD (BD->path[0..PLEN) is its path)
+ * and stores it; *OUT gets its id.
+ */
+static int build_dir(struct builder *bd, int dirfd, size_t plen, struct store_id *out)
+{
+	struct tree t = { 0 };
+	int ret = 0;
+	int fd = dup(dirfd);
+
+	if (fd < 0)
+		return -errno;
+	DIR *dir = fdopendir(fd);
+	if (!dir) {
+		close(fd);
+		return -errno;
+	}
+	struct dirent *de;
+	while ((errno = 0, de = readdir(dir))) {
+		const char *name = de->d_name;
+		if (!strcmp(name, ".") || !strcmp(name, ".."))
+			continue;
+		if (plen == 0 && bd->b->skip_name && !strcmp(name, bd->b->skip_name))
+			continue;
+		if (t.n == t.cap) {
+			uint32_t cap = t.cap ? t.cap * 2 : 16;
+			struct tree_entry *e = realloc(t.e, cap * sizeof(*e));
+			if (!e) {
+				ret = -ENOMEM;
+				goto out;
+			}
+			t.e = e;
+			t.cap = cap;
+		}
+		memset(&t.e[t.n], 0, sizeof(t.e[t.n]));
+		t.n++;
+		struct stat st;
+		if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW)) {
+			ret = -errno;
+			goto out;
+		}
+		size_t nl = strlen(name);
+		if (plen + 1 + nl >= sizeof(bd->path)) {
+			ret = -ENAMETOOLONG;
+			goto out;
+		}
+		bd->path[plen] = '/';
+		memcpy(bd->path + plen + 1, name, nl + 1);
+		ret = build_entry(bd, dirfd, name, &st, plen + 1 + nl, &t.e[t.n - 1]);
+		if (ret) {
+			if (ret != -ENOMEM)
+				log_error("snapshot: %s: %s", bd->path, strerror(-ret));
+			goto out;
+		}
+		bd->path[plen] = 0;
+	}
+	if (errno) {
+		ret = -errno;
+		goto out;
+	}
+	tree_sort(&t);
+	void *enc;
+	size_t len;
+	ret = tree_encode(&t, &enc, &len);
+	if (ret)
+		goto out;
+	ret = repo_put(bd->r, BLOB_TREE, enc, len, out, NULL);
+	free(enc);
+out:
+	closedir(dir);
+	tree_release(&t);
+	return ret;
+}
+
+static void builder_release(struct builder *bd)
+{
+	for (size_t i = 0; i < bd->dirty.cap; i++)
+		if (bd->dirty.s[i].ino) {
+			struct dirty *d = bd->dirty.s[i].val;
+			free(d->r);
+			free(d);
+		}
+	free(bd->dirty.s);
+	free(bd->old.s);
+	for (size_t i = 0; i < bd->links.cap; i++)
+		free(bd->links.s[i].val);
+	free(bd->links.s);
+	for (size_t i = 0; i < bd->nold; i++)
+		tree_release(&bd->old_trees[i]);
+	free(bd->old_trees);
+	free(bd->buf);
+}
+
+int snap_build(struct repo *r, const struct snap_build *b, struct snap_info *out,
+	       struct snap_build_stats *st)
+{
+	struct builder bd = { .r = r, .b = b };
+	struct snap_info s = { 0 };
+	char why[256];
+	int ret;
+
+	bd.cp = repo_get_config(r)->chunk;
+	if (b->parent && b->journal_dir) {
+		if (b->parent->lsn > b->lsn) {
+			snprintf(why, sizeof(why), "the parent snapshot is ahead of the journal (LSN 0x%llx > 0x%llx)",
+				 (unsigned long long)b->parent->lsn, (unsigned long long)b->lsn);
+			ret = 1;
+		} else {
+			ret = read_journal_range(b->journal_dir, b->parent->lsn, b->lsn, &bd.dirty, why,
+						 sizeof(why));
+		}
+		if (ret < 0)
+			goto out;
+		if (ret == 0) {
+			ret = load_parent(&bd, &b->parent->tree);
+			if (ret)
+				goto out;
+			bd.incremental = true;
+			for (size_t i = 0; i < bd.dirty.cap; i++)
+				if (bd.dirty.s[i].ino)
+					dirty_finish(bd.dirty.s[i].val);
+		} else {
+			log_info("snapshot: scanning the whole tree: %s", why);
+			bd.st.fell_back_to_scan = true;
+		}
+	}
+
+	struct stat rst;
+	if (fstat(b->backing_fd, &rst)) {
+		ret = -errno;
+		goto out;
+	}
+	bd.path[0] = 0;
+	ret = build_dir(&bd, b->backing_fd, 0, &s.tree);
+	if (ret)
+		goto out;
+	uint64_t added = 0;
+	ret = repo_flush(r, &added);
+	if (ret)
+		goto out;
+
+	if (b->parent)
+		s.parent = b->parent->id;
+	s.timeline = b->timeline;
+	s.lsn = b->lsn;
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	s.time_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+	if (gethostname(s.host, sizeof(s.host) - 1))
+		strcpy(s.host, "unknown");
+	snprintf(s.tags, sizeof(s.tags), "%s", b->tags ? b->tags : "");
+	s.files = bd.st.files;
+	s.bytes = bd.st.bytes;
+	s.changed = bd.files_changed;
+	s.added = added;
+	snprintf(s.source, sizeof(s.source), "%s", bd.incremental ? "journal" : "scan");
+	s.root_mode = rst.st_mode & 07777;
+	s.root_uid = rst.st_uid;
+	s.root_gid = rst.st_gid;
+	s.root_mtime_sec = rst.st_mtim.tv_sec;
+	s.root_mtime_nsec = (uint32_t)rst.st_mtim.tv_nsec;
+	ret = snap_write(r, &s);
+	if (ret)
+		goto out;
+	bd.st.bytes_new_stored = added;
+	*out = s;
+	if (st)
+		*st = bd.st;
+out:
+	builder_release(&bd);
+	return ret;
+}

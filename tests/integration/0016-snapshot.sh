@@ -1,0 +1,151 @@
+#!/bin/bash
+# Snapshots: the first one at init of a directory holding data, one at every
+# clean unmount built from the journal, restore with every attribute, diff,
+# damage reported by name, and invariant 4: a snapshot built from the parent
+# and the journal has the same root tree as a scan of the same tree.
+. "$(dirname "$0")/lib.sh"
+DIGEST="python3 $TOP/tests/helpers/treedigest.py"
+LOAD="python3 $TOP/tests/helpers/snapload.py"
+command -v setfacl >/dev/null || skip "setfacl is missing (package acl)"
+
+# json_field JSON-LINE KEY: the value of KEY in the last snapshot of 'drfs snapshots --json'
+last_field() {
+	"$DRFS" snapshots "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1][sys.argv[1]])' "$2"
+}
+count_snaps() {
+	"$DRFS" snapshots "$1" --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))'
+}
+
+# ---- a directory holding data becomes the first snapshot ----
+B=$T/b
+mkdir -p "$B/dir/sub" "$B/empty-dir" "$B/ünïcødé"
+head -c 3000000 /dev/urandom >"$B/dir/random"
+seq 1 200000 >"$B/dir/text"
+: >"$B/empty"
+printf 'x%.0s' $(seq 1 10) >"$B/ünïcødé/名前"
+long=$(printf 'n%.0s' $(seq 1 255)); echo long >"$B/dir/$long"
+ln "$B/dir/text" "$B/dir/sub/text-link"
+ln -s ../dir/text "$B/empty-dir/symlink"
+ln -s /nowhere "$B/dangling"
+mkfifo "$B/fifo"
+mknod "$B/chardev" c 1 3
+python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1])' "$B/socket"
+truncate -s 100M "$B/sparse"; printf 'middle' | dd of="$B/sparse" bs=1 seek=50000000 conv=notrunc status=none
+printf 'end' | dd of="$B/sparse" bs=1 seek=104857597 conv=notrunc status=none
+setfattr -n user.color -v blue "$B/dir/text"
+setfattr -n trusted.t -v 1 "$B/dir"
+setfacl -m u:1000:rwx "$B/dir/sub"
+setfacl -d -m g:1000:rx "$B/dir/sub"
+chown 1000:1001 "$B/dir/random"; chmod 4755 "$B/dir/random"; chmod 700 "$B"
+touch -h -d '2001-02-03 04:05:06.123456789' "$B/dangling"
+touch -d '1999-12-31 23:59:59.5' "$B/dir/sub"
+require "drfs init on a directory holding data" "$DRFS" init "$B"
+check_eq "init took the first snapshot" 1 "$(count_snaps "$B")"
+check_eq "the first snapshot is a scan" scan "$(last_field "$B" source)"
+before=$($DIGEST "$B" --skip .drfs)
+repo_sum() { find "$B/.drfs/repo" -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum; }
+repo_before=$(repo_sum)
+
+check "restore of the first snapshot" "$DRFS" restore "$B" latest "$T/r1"
+check_eq "restored tree equals the source (contents, modes, owners, mtimes, xattrs, ACLs, links, holes, specials)" \
+	"$before" "$($DIGEST "$T/r1")"
+check_eq "the sparse file is restored sparse" 1 "$([ "$(du -k "$T/r1/sparse" | cut -f1)" -lt 1024 ] && echo 1)"
+check_eq "reads leave the repository as it was" "$repo_before" "$(repo_sum)"
+check_exit "restore into a non-empty directory refuses" 1 "$DRFS" restore "$B" latest "$T/r1"
+check_err "refusal names the directory and --force" "r1 is not empty.*--force"
+check_exit "unknown snapshot" 1 "$DRFS" restore "$B" deadbeefdeadbeef "$T/r-none"
+check_err "unknown snapshot names what was asked" "no snapshot matches 'deadbeefdeadbeef'"
+check_exit "@TIME before the first snapshot" 1 "$DRFS" restore "$B" @2000-01-01T00:00:00Z "$T/r-none"
+
+# ---- every clean unmount adds a snapshot built from the journal ----
+M=$T/m
+for round in 1 2 3; do
+	mount_drfs "$B" "$M"
+	$LOAD "$M" "$round" 150 --big $((24 << 20)) >/dev/null
+	umount_drfs "$M"
+	check_eq "round $round: a snapshot at unmount" $((round + 1)) "$(count_snaps "$B")"
+	check_eq "round $round: built from the journal" journal "$(last_field "$B" source)"
+	jtree=$(last_field "$B" tree)
+	check "round $round: snapshot --scan" "$DRFS" snapshot "$B" --scan --tag scan$round
+	check_eq "round $round: journal-built root tree equals the scan's (invariant 4)" \
+		"$jtree" "$(last_field "$B" tree)"
+	digest=$($DIGEST "$B" --skip .drfs)
+	check "round $round: restore" "$DRFS" restore "$B" latest "$T/r$((round + 1))"
+	check_eq "round $round: restored tree equals the backing" "$digest" "$($DIGEST "$T/r$((round + 1))")"
+done
+
+# ---- incremental cost: 100 scattered 8 KiB pages of a 256 MiB file ----
+mount_drfs "$B" "$M"
+head -c $((256 << 20)) /dev/urandom >"$M/huge"
+umount_drfs "$M"
+mount_drfs "$B" "$M"
+python3 - "$M/huge" <<'PY'
+import os, random, sys
+r = random.Random(7)
+fd = os.open(sys.argv[1], os.O_WRONLY)
+for i in range(100):
+    os.pwrite(fd, r.randbytes(8192), r.randrange(0, (256 << 20) - 8192) & ~8191)
+os.close(fd)
+PY
+umount_drfs "$M"
+added=$(last_field "$B" added)
+check_eq "100 pages of 8 KiB add less than 2 MiB + 100 x 256 KiB" 1 \
+	"$([ "$added" -lt $(( (2 << 20) + 100 * (256 << 10) )) ] && echo 1)"
+read_bytes=$(grep -o 'snapshot [0-9a-f]* at LSN [0-9]* (journal): [0-9]* files, [0-9]* bytes read' "$B/.drfs/drfs.log" | tail -1 | awk '{print $(NF-2)}')
+check_eq "the snapshot read at most the chunks around the 100 pages (read $read_bytes bytes)" 1 \
+	"$([ -n "$read_bytes" ] && [ "$read_bytes" -le $((100 * 2 * (256 << 10))) ] && echo 1)"
+jtree=$(last_field "$B" tree)
+"$DRFS" snapshot "$B" --scan >/dev/null
+check_eq "scattered pages: journal-built root tree equals the scan's" "$jtree" "$(last_field "$B" tree)"
+
+# ---- live snapshots while a writer runs: each one equals a scan of the frozen tree ----
+DRFS_SNAPSHOT_VERIFY=1 mount_drfs "$B" "$M"
+( for seed in $(seq 100 140); do $LOAD "$M" "$seed" 40 >/dev/null 2>&1 || true; done ) &
+writer=$!
+PIDS+=("$writer")
+n_before=$(count_snaps "$B")
+for i in 1 2 3; do
+	sleep 1
+	check "live snapshot $i while writing (journal-built tree equals the scan's)" "$DRFS" snapshot "$M" --tag live$i
+done
+kill "$writer" 2>/dev/null; wait "$writer" 2>/dev/null
+check_eq "three live snapshots, each with its verify scan" $((n_before + 6)) "$(count_snaps "$B")"
+check_exit "snapshot --scan of a mounted backing is refused" 2 "$DRFS" snapshot "$M" --scan
+umount_drfs "$M"
+check_eq "the snapshot at unmount follows the live ones" journal "$(last_field "$B" source)"
+
+# ---- snapshot_interval ----
+mount_drfs "$B" "$M" snapshot_interval=1
+echo tick >"$M/tick"
+n_before=$(count_snaps "$B")
+for _ in $(seq 1 50); do [ "$(count_snaps "$B")" -gt "$n_before" ] && break; sleep 0.2; done
+check "snapshot_interval=1 took a snapshot after a change" [ "$(count_snaps "$B")" -gt "$n_before" ]
+umount_drfs "$M"
+check_exit "bad snapshot_interval" 2 "$DRFS" mount "$B" "$M" -o snapshot_interval=0
+check_err "bad snapshot_interval names the option" "snapshot_interval=0"
+
+# ---- diff ----
+first=$("$DRFS" snapshots "$B" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"][:16])')
+"$DRFS" diff "$B" "$first" latest >"$T/diff.out" 2>"$T/diff.err"
+check "diff lists the added file" grep -qx '+  /huge' "$T/diff.out"
+check "diff counts" grep -q 'added, .* removed, .* changed' "$T/diff.err"
+check_eq "diff of a snapshot with itself is empty" "" "$("$DRFS" diff "$B" latest latest 2>/dev/null)"
+
+# ---- damage: a flipped byte in a data pack is named on read ----
+pack=$(ls -S "$B"/.drfs/repo/packs/*/*.pack | head -1)
+python3 - "$pack" <<'PY'
+import sys
+p = sys.argv[1]
+with open(p, "r+b") as f:
+    f.seek(4096)
+    b = f.read(1)
+    f.seek(4096)
+    f.write(bytes([b[0] ^ 0x40]))
+PY
+check_exit "restore from a damaged pack fails" 1 "$DRFS" restore "$B" latest "$T/r-bad"
+packid=$(basename "$pack" .pack)
+check "the error names the pack" grep -q "$packid" "$T/last.err"
+check "the error names the chunk" grep -Eq 'chunk [0-9a-f]{64}' "$T/last.err"
+check "the error names the file" grep -q "$T/r-bad/" "$T/last.err"
+
+finish

@@ -1,0 +1,699 @@
+/*
+ * cmd_snapshot.c - drfs snapshot, snapshots, diff and restore: making
+ * snapshots of a backing directory and reading them back.
+ *
+ * A snapshot of a backing directory is taken when nothing writes to it: by
+ * 'drfs init' of a directory holding data, by 'drfs snapshot' on an
+ * unmounted backing, and by the daemon when it unmounts cleanly.  Each is
+ * built from the previous one and the journal range since (store/build.c).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <dirent.h>
+
+#include "../common/common.h"
+#include "../journal/journal.h"
+#include "../store/store.h"
+#include "tools_i.h"
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void format_time(int64_t ns, char *buf, size_t len)
+{
+	time_t t = (time_t)(ns / 1000000000);
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+char *backing_repo_dir(const struct backing *b)
+{
+	return path_join(b->state_dir, "repo");
+}
+
+/* The end of the journal in DIR (its LSN and timeline); 0 and 0 when there is none. */
+static int journal_end(const char *dir, uint64_t *lsn, uint32_t *timeline)
+{
+	struct jsuper sb;
+	struct jreader *rd;
+	struct jrec r;
+	int ret;
+
+	*lsn = 0;
+	*timeline = 0;
+	if (!journal_exists(dir))
+		return 0;
+	ret = jsuper_read(dir, &sb);
+	if (ret)
+		return ret;
+	if (!(sb.flags & JSUPER_CLEAN))
+		return -EUCLEAN;
+	*timeline = sb.timeline;
+	ret = jreader_open(dir, UINT64_MAX, &rd);
+	if (ret)
+		return ret;
+	while ((ret = jreader_next(rd, &r)) == 1)
+		;
+	*lsn = jreader_lsn(rd);
+	jreader_close(rd);
+	return ret;
+}
+
+int backing_snapshot(const struct backing *b, const struct snapshot_request *rq,
+		     struct snap_info *out, char *msg, size_t msglen)
+{
+	char *repo_dir = backing_repo_dir(b);
+	char *journal_dir = path_join(b->state_dir, "journal");
+	struct repo *r = NULL;
+	struct snap_info parent, s;
+	struct snap_build_stats st;
+	uint64_t lsn = rq->lsn;
+	uint32_t timeline = 0;
+	int fd = -1, ret;
+	double t0 = now_s();
+
+#define FAIL(...) snprintf(msg, msglen, __VA_ARGS__)
+	if (!repo_dir || !journal_dir) {
+		ret = -ENOMEM;
+		FAIL("out of memory");
+		goto out;
+	}
+	if (lsn == UINT64_MAX) {
+		ret = journal_end(journal_dir, &lsn, &timeline);
+		if (ret == -EUCLEAN) {
+			FAIL("the journal in %s was not closed cleanly; mount %s once (it replays the journal), unmount it, then take the snapshot",
+			     journal_dir, b->path);
+			goto out;
+		}
+		if (ret) {
+			FAIL("cannot read the journal in %s: %s", journal_dir, strerror(-ret));
+			goto out;
+		}
+	} else {
+		struct jsuper sb;
+		timeline = jsuper_read(journal_dir, &sb) == 0 ? sb.timeline : 0;
+	}
+	if (!repo_exists(repo_dir)) {
+		ret = repo_create(repo_dir, NULL);
+		if (ret) {
+			FAIL("cannot create the repository %s: %s", repo_dir, strerror(-ret));
+			goto out;
+		}
+	}
+	ret = repo_open(repo_dir, true, &r);
+	if (ret == -EWOULDBLOCK) {
+		FAIL("the repository %s is being written by another drfs; wait for it to finish",
+		     repo_dir);
+		goto out;
+	}
+	if (ret) {
+		FAIL("cannot open the repository %s: %s (the log says which file)", repo_dir,
+		     strerror(-ret));
+		goto out;
+	}
+	bool have_parent = !rq->scan && snap_resolve(r, "latest", &parent) == 0;
+	fd = open(b->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0) {
+		ret = -errno;
+		FAIL("cannot open %s: %s", b->path, strerror(errno));
+		goto out;
+	}
+	struct snap_build sb = {
+		.backing_fd = fd,
+		.skip_name = DRFS_STATE_NAME,
+		.journal_dir = journal_dir,
+		.parent = have_parent ? &parent : NULL,
+		.timeline = timeline,
+		.lsn = lsn,
+		.tags = rq->tags,
+	};
+	ret = snap_build(r, &sb, &s, &st);
+	if (ret) {
+		FAIL("snapshot of %s failed: %s (the log names the path)", b->path, strerror(-ret));
+		goto out;
+	}
+	char hex[65];
+	store_id_hex(&s.id, hex);
+	snprintf(msg, msglen,
+		 "snapshot %.16s of %s at LSN %llu: %llu files, %.1f MiB; %llu read (%.1f MiB), %.1f MiB added, from the %s, in %.2f s",
+		 hex, b->path, (unsigned long long)lsn, (unsigned long long)st.files,
+		 st.bytes / 1048576.0, (unsigned long long)st.files_read, st.bytes_read / 1048576.0,
+		 s.added / 1048576.0, s.source, now_s() - t0);
+	log_info("snapshot %s at LSN %llu (%s): %llu files, %llu bytes read, %llu bytes added",
+		 hex, (unsigned long long)lsn, s.source, (unsigned long long)st.files,
+		 (unsigned long long)st.bytes_read, (unsigned long long)s.added);
+	if (out)
+		*out = s;
+#undef FAIL
+out:
+	if (fd >= 0)
+		close(fd);
+	repo_close(r);
+	free(repo_dir);
+	free(journal_dir);
+	return ret;
+}
+
+int backing_last_snapshot_lsn(const struct backing *b, uint64_t *lsn)
+{
+	char *dir = backing_repo_dir(b);
+	struct repo *r;
+	struct snap_info s;
+	int ret = -ENOENT;
+
+	if (dir && repo_exists(dir) && repo_open(dir, false, &r) == 0) {
+		ret = snap_resolve(r, "latest", &s);
+		if (!ret)
+			*lsn = s.lsn;
+		repo_close(r);
+	}
+	free(dir);
+	return ret;
+}
+
+/* ---- drfs snapshot ---- */
+
+static const char snapshot_usage[] =
+	"usage: drfs snapshot MOUNTPOINT|BACKING [--tag TAG] [--scan]\n"
+	"\n"
+	"Take a snapshot into the backing directory's repository (STATE/repo).  It is\n"
+	"built from the previous snapshot and the journal since: only what the journal\n"
+	"says changed is read.  On a mount, changes wait while that is read.\n"
+	"\n"
+	"options:\n"
+	"  --tag TAG    tag the snapshot (comma-separated for several)\n"
+	"  --scan       read the whole tree instead of following the journal\n"
+	"               (an unmounted backing only)\n"
+	"  -h, --help   show this help\n";
+
+int cmd_snapshot(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "tag", required_argument, NULL, 't' },
+		{ "scan", no_argument, NULL, 's' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	const char *tags = NULL;
+	bool scan = false;
+	struct backing b;
+	struct mount_record rec;
+	int c, ret, lock_fd;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 't':
+			tags = optarg;
+			if (strchr(tags, '\n') || strlen(tags) >= SNAP_TAGS_MAX) {
+				say_error("--tag: a tag is one line of fewer than %d bytes", SNAP_TAGS_MAX);
+				return EXIT_USAGE;
+			}
+			break;
+		case 's':
+			scan = true;
+			break;
+		case 'h':
+			fputs(snapshot_usage, stdout);
+			return EXIT_OK;
+		default:
+			fputs(snapshot_usage, stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (argc - optind != 1) {
+		say_error("snapshot takes one BACKING; see 'drfs snapshot --help'");
+		return EXIT_USAGE;
+	}
+	if (mount_record_for_mountpoint(argv[optind], &rec) == 0 && rec.backing) {
+		ret = backing_load(rec.backing, &b);
+		mount_record_release(&rec);
+	} else {
+		ret = backing_load(argv[optind], &b);
+	}
+	if (ret)
+		return ret;
+	/* mounted: the daemon takes it, with the mount frozen for the moment it needs */
+	bool live = mount_record_read(b.state_dir, &rec) == 0;
+	if (live) {
+		live = pid_alive(rec.pid);
+		mount_record_release(&rec);
+	}
+	if (live) {
+		char reply[1200];
+		if (scan) {
+			say_error("--scan works on an unmounted backing only; unmount %s first", b.path);
+			backing_release(&b);
+			return EXIT_USAGE;
+		}
+		ret = snapctl_request(b.state_dir, tags, reply, sizeof(reply));
+		if (ret) {
+			say_error("%s is mounted but its daemon does not answer on %s/control.sock (%s); see %s/drfs.log",
+				  b.path, b.state_dir, strerror(-ret), b.state_dir);
+			ret = EXIT_FAIL;
+		} else if (!strncmp(reply, "ok ", 3)) {
+			puts(reply + 3);
+			ret = EXIT_OK;
+		} else {
+			say_error("%s", !strncmp(reply, "error ", 6) ? reply + 6 : reply);
+			ret = EXIT_FAIL;
+		}
+		backing_release(&b);
+		return ret;
+	}
+	char *lock_path = path_join(b.state_dir, "lock");
+	lock_fd = lock_path ? open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600) : -1;
+	if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		say_error("%s is in use (mounted, or another drfs holds %s); unmount it first",
+			  b.path, lock_path ? lock_path : b.state_dir);
+		ret = EXIT_FAIL;
+		goto out;
+	}
+	char msg[1024];
+	struct snapshot_request rq = { .tags = tags, .scan = scan, .lsn = UINT64_MAX };
+	if (backing_snapshot(&b, &rq, NULL, msg, sizeof(msg))) {
+		say_error("%s", msg);
+		ret = EXIT_FAIL;
+	} else {
+		puts(msg);
+		ret = EXIT_OK;
+	}
+out:
+	if (lock_fd >= 0)
+		close(lock_fd);
+	free(lock_path);
+	backing_release(&b);
+	return ret;
+}
+
+/* ---- opening a SOURCE: a backing directory, a repository path or file:// URL ---- */
+
+static int open_source(const char *src, struct repo **r)
+{
+	char *dir = NULL;
+	int ret;
+
+	if (!strncmp(src, "file://", 7)) {
+		dir = strdup(src + 7);
+	} else {
+		char *conf = path_join(src, DRFS_STATE_NAME "/" DRFS_CONF_NAME);
+		struct stat st;
+		bool is_backing = conf && stat(conf, &st) == 0;
+		free(conf);
+		if (is_backing) {
+			struct backing b;
+			if (backing_load(src, &b))
+				return -EINVAL;
+			dir = backing_repo_dir(&b);
+			backing_release(&b);
+		} else {
+			dir = strdup(src);
+		}
+	}
+	if (!dir)
+		return -ENOMEM;
+	if (!repo_exists(dir)) {
+		say_error("%s holds no snapshots (no repository at %s); take one with 'drfs snapshot BACKING'",
+			  src, dir);
+		free(dir);
+		return -ENOENT;
+	}
+	ret = repo_open(dir, false, r);
+	if (ret)
+		say_error("cannot open the repository %s: %s (see the message above)", dir,
+			  strerror(-ret));
+	free(dir);
+	return ret;
+}
+
+static int resolve_or_say(struct repo *r, const char *spec, struct snap_info *s)
+{
+	int ret = snap_resolve(r, spec, s);
+
+	if (ret == -ENOENT)
+		say_error("no snapshot matches '%s' in %s; list them with 'drfs snapshots'", spec,
+			  repo_dir(r));
+	else if (ret == -EEXIST)
+		say_error("'%s' matches several snapshots; give more hex digits", spec);
+	else if (ret == -EINVAL)
+		say_error("'%s' is not a snapshot: give an id (8+ hex digits), 'latest' or @TIME (2026-11-28T17:05:00Z or seconds since the epoch)",
+			  spec);
+	else if (ret)
+		say_error("cannot read the snapshots of %s: %s", repo_dir(r), strerror(-ret));
+	return ret;
+}
+
+/* ---- drfs snapshots ---- */
+
+static const char snapshots_usage[] =
+	"usage: drfs snapshots SOURCE [--json]\n"
+	"\n"
+	"List the snapshots of SOURCE (a backing directory, a repository directory or\n"
+	"file:///path), oldest first: id, time, journal LSN, tags, files changed and\n"
+	"bytes added.\n"
+	"\n"
+	"options:\n"
+	"  --json       machine-readable output\n"
+	"  -h, --help   show this help\n";
+
+int cmd_snapshots(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	bool json = false;
+	struct repo *r;
+	struct snap_info *s;
+	size_t n;
+	int c, ret;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			json = true;
+			break;
+		case 'h':
+			fputs(snapshots_usage, stdout);
+			return EXIT_OK;
+		default:
+			fputs(snapshots_usage, stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (argc - optind != 1) {
+		say_error("snapshots takes one SOURCE; see 'drfs snapshots --help'");
+		return EXIT_USAGE;
+	}
+	if (open_source(argv[optind], &r))
+		return EXIT_FAIL;
+	ret = snap_list(r, &s, &n);
+	if (ret) {
+		say_error("cannot list the snapshots in %s: %s (see the message above)", repo_dir(r),
+			  strerror(-ret));
+		repo_close(r);
+		return EXIT_FAIL;
+	}
+	if (json)
+		putchar('[');
+	else
+		printf("%-16s  %-20s  %12s  %9s  %10s  %-7s  %s\n", "ID", "TIME", "LSN", "CHANGED",
+		       "ADDED", "SOURCE", "TAGS");
+	for (size_t i = 0; i < n; i++) {
+		char hex[65], when[32];
+		store_id_hex(&s[i].id, hex);
+		format_time(s[i].time_ns, when, sizeof(when));
+		if (json) {
+			char tree[65], parent[65] = "";
+			store_id_hex(&s[i].tree, tree);
+			if (!store_id_is_zero(&s[i].parent))
+				store_id_hex(&s[i].parent, parent);
+			printf("%s{\"id\":\"%s\",\"time\":\"%s\",\"time_ns\":%lld,\"lsn\":%llu,"
+			       "\"timeline\":%u,\"tree\":\"%s\",\"parent\":\"%s\",\"host\":\"%s\","
+			       "\"tags\":\"%s\",\"files\":%llu,\"bytes\":%llu,\"changed\":%llu,"
+			       "\"added\":%llu,\"source\":\"%s\"}",
+			       i ? "," : "", hex, when, (long long)s[i].time_ns,
+			       (unsigned long long)s[i].lsn, s[i].timeline, tree, parent, s[i].host,
+			       s[i].tags, (unsigned long long)s[i].files, (unsigned long long)s[i].bytes,
+			       (unsigned long long)s[i].changed, (unsigned long long)s[i].added,
+			       s[i].source);
+		} else {
+			printf("%.16s  %-20s  %12llu  %9llu  %9.1fM  %-7s  %s\n", hex, when,
+			       (unsigned long long)s[i].lsn, (unsigned long long)s[i].changed,
+			       s[i].added / 1048576.0, s[i].source, s[i].tags);
+		}
+	}
+	if (json)
+		puts("]");
+	free(s);
+	repo_close(r);
+	return EXIT_OK;
+}
+
+/* ---- drfs diff ---- */
+
+static const char diff_usage[] =
+	"usage: drfs diff SOURCE SNAP_A SNAP_B\n"
+	"\n"
+	"Show what changed from snapshot A to snapshot B, one path a line:\n"
+	"  +  added          -  removed\n"
+	"  M  content changed (and maybe metadata)\n"
+	"  U  metadata only (mode, owner, times, xattrs, link count)\n"
+	"  T  type changed\n"
+	"SNAP is an id prefix, 'latest' or @TIME.\n";
+
+static bool same_meta(const struct tree_entry *a, const struct tree_entry *b)
+{
+	if (a->mode != b->mode || a->uid != b->uid || a->gid != b->gid || a->nlink != b->nlink ||
+	    a->mtime_sec != b->mtime_sec || a->mtime_nsec != b->mtime_nsec || a->rdev != b->rdev ||
+	    a->nxattr != b->nxattr)
+		return false;
+	for (uint32_t i = 0; i < a->nxattr; i++)
+		if (strcmp(a->xattr[i].name, b->xattr[i].name) || a->xattr[i].len != b->xattr[i].len ||
+		    memcmp(a->xattr[i].value, b->xattr[i].value, a->xattr[i].len))
+			return false;
+	return true;
+}
+
+static bool same_content(const struct tree_entry *a, const struct tree_entry *b)
+{
+	if (a->size != b->size || a->nchunk != b->nchunk)
+		return false;
+	for (uint32_t i = 0; i < a->nchunk; i++)
+		if (a->chunk[i].offset != b->chunk[i].offset ||
+		    memcmp(a->chunk[i].id.b, b->chunk[i].id.b, STORE_ID_LEN))
+			return false;
+	if (a->type == TT_SYMLINK)
+		return !strcmp(a->target, b->target);
+	return true;
+}
+
+struct diff_count {
+	uint64_t added, removed, changed;
+};
+
+static int diff_tree(struct repo *r, const struct store_id *a, const struct store_id *b,
+		     char *path, size_t plen, struct diff_count *dc, char mark_all);
+
+/* Prints every path under tree ID with MARK. */
+static int diff_all(struct repo *r, const struct store_id *id, char *path, size_t plen,
+		    struct diff_count *dc, char mark)
+{
+	return diff_tree(r, mark == '+' ? NULL : id, mark == '+' ? id : NULL, path, plen, dc, mark);
+}
+
+static int diff_tree(struct repo *r, const struct store_id *a, const struct store_id *b,
+		     char *path, size_t plen, struct diff_count *dc, char mark_all)
+{
+	struct tree ta = { 0 }, tb = { 0 };
+	int ret = 0;
+
+	if (a && b && !memcmp(a->b, b->b, STORE_ID_LEN))
+		return 0;
+	if ((a && (ret = tree_load(r, a, &ta))) || (b && (ret = tree_load(r, b, &tb))))
+		goto out;
+	uint32_t i = 0, j = 0;
+	while (i < ta.n || j < tb.n) {
+		int c = i >= ta.n ? 1 : j >= tb.n ? -1 : strcmp(ta.e[i].name, tb.e[j].name);
+		const struct tree_entry *e = c <= 0 ? &ta.e[i] : &tb.e[j];
+		size_t nl = strlen(e->name);
+		if (plen + 1 + nl >= PATH_MAX) {
+			ret = -ENAMETOOLONG;
+			goto out;
+		}
+		path[plen] = '/';
+		memcpy(path + plen + 1, e->name, nl + 1);
+		if (c < 0) {
+			printf("-  %s%s\n", path, ta.e[i].type == TT_DIR ? "/" : "");
+			dc->removed++;
+			if (ta.e[i].type == TT_DIR)
+				ret = diff_all(r, &ta.e[i].subtree, path, plen + 1 + nl, dc, '-');
+			i++;
+		} else if (c > 0) {
+			printf("+  %s%s\n", path, tb.e[j].type == TT_DIR ? "/" : "");
+			dc->added++;
+			if (tb.e[j].type == TT_DIR)
+				ret = diff_all(r, &tb.e[j].subtree, path, plen + 1 + nl, dc, '+');
+			j++;
+		} else {
+			const struct tree_entry *x = &ta.e[i], *y = &tb.e[j];
+			if (x->type != y->type) {
+				printf("T  %s\n", path);
+				dc->changed++;
+			} else if (x->type == TT_DIR) {
+				if (!same_meta(x, y)) {
+					printf("U  %s/\n", path);
+					dc->changed++;
+				}
+				ret = diff_tree(r, &x->subtree, &y->subtree, path, plen + 1 + nl, dc, 0);
+			} else if (!same_content(x, y)) {
+				printf("M  %s\n", path);
+				dc->changed++;
+			} else if (!same_meta(x, y)) {
+				printf("U  %s\n", path);
+				dc->changed++;
+			}
+			i++;
+			j++;
+		}
+		path[plen] = 0;
+		if (ret)
+			goto out;
+	}
+	(void)mark_all;
+out:
+	tree_release(&ta);
+	tree_release(&tb);
+	return ret;
+}
+
+int cmd_diff(int argc, char **argv)
+{
+	struct repo *r;
+	struct snap_info a, b;
+	struct diff_count dc = { 0 };
+	int ret;
+
+	if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
+		fputs(diff_usage, stdout);
+		return EXIT_OK;
+	}
+	if (argc != 4) {
+		say_error("diff takes SOURCE SNAP_A SNAP_B; see 'drfs diff --help'");
+		return EXIT_USAGE;
+	}
+	if (open_source(argv[1], &r))
+		return EXIT_FAIL;
+	if (resolve_or_say(r, argv[2], &a) || resolve_or_say(r, argv[3], &b)) {
+		repo_close(r);
+		return EXIT_FAIL;
+	}
+	char *path = calloc(1, PATH_MAX);
+	ret = path ? diff_tree(r, &a.tree, &b.tree, path, 0, &dc, 0) : -ENOMEM;
+	free(path);
+	repo_close(r);
+	if (ret) {
+		say_error("diff failed: %s (see the message above)", strerror(-ret));
+		return EXIT_FAIL;
+	}
+	fprintf(stderr, "%llu added, %llu removed, %llu changed\n", (unsigned long long)dc.added,
+		(unsigned long long)dc.removed, (unsigned long long)dc.changed);
+	return EXIT_OK;
+}
+
+/* ---- drfs restore ---- */
+
+static const char restore_usage[] =
+	"usage: drfs restore SOURCE SNAP|latest|@TIME TARGET_DIR [--force] [--threads N]\n"
+	"\n"
+	"Write the tree of a snapshot into TARGET_DIR with every attribute: mode,\n"
+	"owner, mtime, xattrs and ACLs, hard links, symlinks, special files and holes.\n"
+	"@TIME takes the newest snapshot at or before TIME (2026-11-28T17:05:00Z or\n"
+	"seconds since the epoch).  TARGET_DIR must be empty or absent.\n"
+	"\n"
+	"options:\n"
+	"  --force       restore into a directory that is not empty\n"
+	"  --threads N   files written in parallel (default 4)\n"
+	"  -h, --help    show this help\n";
+
+int cmd_restore(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "force", no_argument, NULL, 'f' },
+		{ "threads", required_argument, NULL, 't' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	bool force = false;
+	unsigned threads = 4;
+	struct repo *r;
+	struct snap_info s;
+	struct restore_stats st;
+	int c, ret;
+
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'f':
+			force = true;
+			break;
+		case 't': {
+			char *end;
+			long v = strtol(optarg, &end, 10);
+			if (*end || v < 1 || v > 64) {
+				say_error("--threads: give a number from 1 to 64, not '%s'", optarg);
+				return EXIT_USAGE;
+			}
+			threads = (unsigned)v;
+			break;
+		}
+		case 'h':
+			fputs(restore_usage, stdout);
+			return EXIT_OK;
+		default:
+			fputs(restore_usage, stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (argc - optind != 3) {
+		say_error("restore takes SOURCE SNAP TARGET_DIR; see 'drfs restore --help'");
+		return EXIT_USAGE;
+	}
+	const char *target = argv[optind + 2];
+	DIR *d = opendir(target);
+	if (d) {
+		struct dirent *de;
+		bool empty = true;
+		while ((de = readdir(d)))
+			if (strcmp(de->d_name, ".") && strcmp(de->d_name, ".."))
+				empty = false;
+		closedir(d);
+		if (!empty && !force) {
+			say_error("%s is not empty; restore into an empty directory, or give --force to write over what is there",
+				  target);
+			return EXIT_FAIL;
+		}
+	} else if (errno != ENOENT) {
+		say_error("cannot use %s as the target: %s", target, strerror(errno));
+		return EXIT_FAIL;
+	}
+	if (open_source(argv[optind], &r))
+		return EXIT_FAIL;
+	if (resolve_or_say(r, argv[optind + 1], &s)) {
+		repo_close(r);
+		return EXIT_FAIL;
+	}
+	double t0 = now_s();
+	struct restore_opts o = { .threads = threads };
+	ret = snap_restore(r, &s, target, &o, &st);
+	repo_close(r);
+	if (ret) {
+		say_error("restore into %s failed: %s (see the message above); what was written is left in place",
+			  target, strerror(-ret));
+		return EXIT_FAIL;
+	}
+	char hex[65];
+	store_id_hex(&s.id, hex);
+	double dt = now_s() - t0;
+	printf("restored snapshot %.16s into %s: %llu files, %llu directories, %llu others, %.1f MiB in %.2f s (%.0f MiB/s)\n",
+	       hex, target, (unsigned long long)st.files, (unsigned long long)st.dirs,
+	       (unsigned long long)st.others, st.bytes / 1048576.0, dt,
+	       dt > 0 ? st.bytes / 1048576.0 / dt : 0.0);
+	return EXIT_OK;
+}
