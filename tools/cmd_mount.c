@@ -552,62 +552,6 @@ out:
 
 /* ---- drfs mount --snapshot: one snapshot, read-only (fs/snapshot.c) ---- */
 
-/*
- * Opens the repository of SRC read-only: a backing directory (its
- * STATE/repo), a repository directory, or file:///path.  *BACKING gets the
- * backing directory's absolute path when SRC is one (caller frees), else
- * NULL.  0 or -errno after a message.  The same resolution as open_source()
- * in cmd_snapshot.c; the two are to be merged.
- */
-static int snapmount_open_source(const char *src, struct repo **r, char **backing)
-{
-	char *dir = NULL, *conf;
-	struct stat st;
-	int ret;
-
-	*backing = NULL;
-	if (!strncmp(src, "file://", 7)) {
-		dir = strdup(src + 7);
-	} else {
-		conf = path_join(src, DRFS_STATE_NAME "/" DRFS_CONF_NAME);
-		bool is_backing = conf && stat(conf, &st) == 0;
-		free(conf);
-		if (is_backing) {
-			struct backing b;
-			if (backing_load(src, &b))
-				return -EINVAL;
-			dir = backing_repo_dir(&b);
-			*backing = strdup(b.path);
-			backing_release(&b);
-		} else {
-			dir = strdup(src);
-		}
-	}
-	if (!dir)
-		goto out_nomem;
-	if (!repo_exists(dir)) {
-		say_error("%s holds no snapshots (no repository at %s); take one with 'drfs snapshot BACKING'",
-			  src, dir);
-		ret = -ENOENT;
-		goto out;
-	}
-	ret = repo_open(dir, false, r);
-	if (ret)
-		say_error("cannot open the repository %s: %s (see the message above)", dir,
-			  strerror(-ret));
-out:
-	free(dir);
-	if (ret) {
-		free(*backing);
-		*backing = NULL;
-	}
-	return ret;
-out_nomem:
-	free(*backing);
-	*backing = NULL;
-	return -ENOMEM;
-}
-
 struct snapmount_run {
 	const struct mount_opts *o;
 	const char *mnt;
@@ -616,6 +560,7 @@ struct snapmount_run {
 	char record[64];     /* /run/drfs/HASH.mount */
 	char log_path[64];   /* /run/drfs/HASH.log */
 	int notify_fd;
+	bool recorded;       /* the record is written: remove it at the end */
 };
 
 /*
@@ -652,6 +597,8 @@ static int snapmount_ready(void *arg)
 	if (fd < 0 || write_file_durable(fd, strrchr(run->record, '/') + 1, text, (size_t)len))
 		log_warn("cannot write %s; 'drfs umount %s' will not wait for this daemon",
 			 run->record, run->mnt);
+	else
+		run->recorded = true;
 	if (fd >= 0)
 		close(fd);
 	log_info("mounted snapshot %.16s of %s on %s (pid %ld)", run->id, run->repo, run->mnt,
@@ -703,20 +650,9 @@ static int do_snapshot_mount(const char *spec, const char *source, const char *m
 			  bad);
 		return EXIT_USAGE;
 	}
-	if (snapmount_open_source(o->source ? o->source : source, &r, &backing))
+	if (source_open(o->source ? o->source : source, &r, &backing))
 		return EXIT_FAIL;
-	ret = snap_resolve(r, spec, &s);
-	if (ret == -ENOENT)
-		say_error("no snapshot matches '%s' in %s; list them with 'drfs snapshots'", spec,
-			  repo_dir(r));
-	else if (ret == -EEXIST)
-		say_error("'%s' matches several snapshots; give more hex digits", spec);
-	else if (ret == -EINVAL)
-		say_error("'%s' is not a snapshot: give an id (8+ hex digits), 'latest' or @TIME (2026-11-28T17:05:00Z or seconds since the epoch)",
-			  spec);
-	else if (ret)
-		say_error("cannot read the snapshots of %s: %s", repo_dir(r), strerror(-ret));
-	ret = ret ? EXIT_FAIL : EXIT_OK;
+	ret = source_resolve(r, spec, &s) ? EXIT_FAIL : EXIT_OK;
 	if (ret)
 		goto out;
 	ret = EXIT_FAIL;
@@ -771,9 +707,10 @@ static int do_snapshot_mount(const char *spec, const char *source, const char *m
 	} else {
 		ret = EXIT_OK;
 	}
-	if (run.notify_fd < 0 && (o->foreground || run.notify_fd == -1))
+	if (run.recorded) {
 		unlink(run.record);
-	log_info("unmounted %s", mnt);
+		log_info("unmounted %s", mnt);
+	}
 out:
 	notify_parent(run.notify_fd, false);
 	repo_close(r);

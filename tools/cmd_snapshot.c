@@ -302,13 +302,16 @@ out:
 
 /* ---- opening a SOURCE: a backing directory, a repository path or file:// URL ---- */
 
-static int open_source(const char *src, struct repo **r)
+int source_open(const char *src, struct repo **r, char **backing)
 {
 	char *dir = NULL;
 	int ret;
 
+	if (backing)
+		*backing = NULL;
+	/* absolute: a daemon changes to / when it detaches */
 	if (!strncmp(src, "file://", 7)) {
-		dir = strdup(src + 7);
+		dir = path_absolute(src + 7);
 	} else {
 		char *conf = path_join(src, DRFS_STATE_NAME "/" DRFS_CONF_NAME);
 		struct stat st;
@@ -319,28 +322,39 @@ static int open_source(const char *src, struct repo **r)
 			if (backing_load(src, &b))
 				return -EINVAL;
 			dir = backing_repo_dir(&b);
+			if (backing && !(*backing = strdup(b.path))) {
+				free(dir);
+				dir = NULL;
+			}
 			backing_release(&b);
 		} else {
-			dir = strdup(src);
+			dir = path_absolute(src);
 		}
 	}
-	if (!dir)
-		return -ENOMEM;
+	if (!dir) {
+		ret = -ENOMEM;
+		goto out;
+	}
 	if (!repo_exists(dir)) {
 		say_error("%s holds no snapshots (no repository at %s); take one with 'drfs snapshot BACKING'",
 			  src, dir);
-		free(dir);
-		return -ENOENT;
+		ret = -ENOENT;
+		goto out;
 	}
 	ret = repo_open(dir, false, r);
 	if (ret)
 		say_error("cannot open the repository %s: %s (see the message above)", dir,
 			  strerror(-ret));
+out:
 	free(dir);
+	if (ret && backing) {
+		free(*backing);
+		*backing = NULL;
+	}
 	return ret;
 }
 
-static int resolve_or_say(struct repo *r, const char *spec, struct snap_info *s)
+int source_resolve(struct repo *r, const char *spec, struct snap_info *s)
 {
 	int ret = snap_resolve(r, spec, s);
 
@@ -401,7 +415,7 @@ int cmd_snapshots(int argc, char **argv)
 		say_error("snapshots takes one SOURCE; see 'drfs snapshots --help'");
 		return EXIT_USAGE;
 	}
-	if (open_source(argv[optind], &r))
+	if (source_open(argv[optind], &r, NULL))
 		return EXIT_FAIL;
 	ret = snap_list(r, &s, &n);
 	if (ret) {
@@ -578,9 +592,9 @@ int cmd_diff(int argc, char **argv)
 		say_error("diff takes SOURCE SNAP_A SNAP_B; see 'drfs diff --help'");
 		return EXIT_USAGE;
 	}
-	if (open_source(argv[1], &r))
+	if (source_open(argv[1], &r, NULL))
 		return EXIT_FAIL;
-	if (resolve_or_say(r, argv[2], &a) || resolve_or_say(r, argv[3], &b)) {
+	if (source_resolve(r, argv[2], &a) || source_resolve(r, argv[3], &b)) {
 		repo_close(r);
 		return EXIT_FAIL;
 	}
@@ -673,9 +687,9 @@ int cmd_restore(int argc, char **argv)
 		say_error("cannot use %s as the target: %s", target, strerror(errno));
 		return EXIT_FAIL;
 	}
-	if (open_source(argv[optind], &r))
+	if (source_open(argv[optind], &r, NULL))
 		return EXIT_FAIL;
-	if (resolve_or_say(r, argv[optind + 1], &s)) {
+	if (source_resolve(r, argv[optind + 1], &s)) {
 		repo_close(r);
 		return EXIT_FAIL;
 	}

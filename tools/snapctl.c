@@ -82,7 +82,7 @@ static int live_snapshot(struct snapctl *c, const char *tags, bool only_if_chang
 	if (!ret && verify && *verify && strcmp(verify, "0")) {
 		struct snapshot_request vq = { .tags = "verify", .lsn = lsn, .scan = true };
 		struct snap_info v;
-		char vmsg[1024];
+		char vmsg[900];
 		ret = backing_snapshot(c->b, &vq, &v, vmsg, sizeof(vmsg));
 		if (!ret && memcmp(v.tree.b, s.tree.b, STORE_ID_LEN)) {
 			char a[65], b[65];
@@ -113,7 +113,7 @@ out:
 
 static void serve_client(struct snapctl *c, int fd)
 {
-	char req[512], msg[1024], reply[1100];
+	char req[512], msg[1024], reply[1200];
 	size_t len = 0;
 
 	/* one line, with a time limit so a silent client cannot hold the thread */

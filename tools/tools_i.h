@@ -103,6 +103,17 @@ void snapctl_stop(struct snapctl *c);
  */
 int snapctl_request(const char *state_dir, const char *tags, char *reply, size_t len);
 
+struct repo;
+/*
+ * Opens the repository of SOURCE for reading: a backing directory (its
+ * STATE/repo), a repository directory, or file:///path.  *BACKING (may be
+ * NULL) gets the backing's absolute path when SOURCE is one, else NULL.
+ * 0 or -errno, after a one-line message.
+ */
+int source_open(const char *src, struct repo **r, char **backing);
+/* snap_resolve() with a one-line message on failure.  0 or -errno. */
+int source_resolve(struct repo *r, const char *spec, struct snap_info *s);
+
 /* The LSN of the latest snapshot of B.  0 or -ENOENT (none). */
 int backing_last_snapshot_lsn(const struct backing *b, uint64_t *lsn);
 
