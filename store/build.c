@@ -448,22 +448,26 @@ static int chunk_span(struct builder *bd, int fd, struct tree_entry *e, uint32_t
 	return 0;
 }
 
-/*
- * Whether an old data region starts at START: a chunk starts there and the
- * one before it (if any) does not end there, or START is a region split.
- */
-static bool old_region_starts_at(const struct tree_entry *o, uint64_t start, size_t *idx)
+/* The index of the first old chunk ending after POS (O->nchunk when none). */
+static size_t old_after(const struct tree_entry *o, uint64_t pos)
 {
-	for (uint32_t i = 0; i < o->nchunk; i++) {
-		if (o->chunk[i].offset > start)
-			break;
-		if (o->chunk[i].offset == start) {
-			*idx = i;
-			return i == 0 || o->chunk[i - 1].offset + o->chunk[i - 1].len != start ||
-			       (start % CHUNK_REGION_MAX) == 0;
-		}
+	size_t lo = 0, hi = o->nchunk;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (o->chunk[mid].offset + o->chunk[mid].len <= pos)
+			lo = mid + 1;
+		else
+			hi = mid;
 	}
-	return false;
+	return lo;
+}
+
+/* Whether old chunk I ended its region (the next one does not follow it, or a split). */
+static bool old_region_last(const struct tree_entry *o, size_t i)
+{
+	uint64_t end = o->chunk[i].offset + o->chunk[i].len;
+	return i + 1 == o->nchunk || o->chunk[i + 1].offset != end || end % CHUNK_REGION_MAX == 0;
 }
 
 /*
@@ -471,41 +475,33 @@ static bool old_region_starts_at(const struct tree_entry *o, uint64_t start, siz
  * entry of the same file (NULL: none) and D what the journal says changed
  * (NULL: nothing).
  *
- * Every position POS the loop stands at is a cut point of a scan of the
- * new region: RS is one; an old chunk that starts at POS, whose bytes the
- * journal did not touch and that was not cut short by the old region's end
- * is cut the same way now; and chunk_span cuts as a scan would.
+ * Every position POS the loop stands at is a cut point of a scan of the new
+ * region, where the chunker state is reset: RS is one; an old chunk that
+ * starts at POS (the old chunker was reset there too) and whose bytes the
+ * journal did not touch is cut the same way now, unless it was cut short
+ * by its old region's end and the new region does not end there; and
+ * chunk_span cuts as a scan would.  chunk_span stops where a cut meets the
+ * end of an old chunk, so that old chunks can be taken again from there.
  */
 static int chunk_region(struct builder *bd, int fd, struct tree_entry *e, uint32_t *cap,
 			uint64_t rs, uint64_t re, const struct tree_entry *old,
 			const struct dirty *d)
 {
-	uint64_t stopped;
-	size_t oi = 0;
-
-	if (!old || (d && d->all) || !old_region_starts_at(old, rs, &oi))
-		return chunk_span(bd, fd, e, cap, rs, re, NULL, 0, &stopped);
-
-	/* the old region: the contiguous run of chunks from RS, up to a split */
-	size_t oend = oi;
-	uint64_t ore = rs;
-	while (oend < old->nchunk && old->chunk[oend].offset == ore &&
-	       (ore == rs || ore % CHUNK_REGION_MAX)) {
-		ore += old->chunk[oend].len;
-		oend++;
-	}
-
-	uint64_t pos = rs;
+	uint64_t pos = rs, stopped;
 	size_t di = 0;
+
+	if (!old || (d && d->all))
+		return chunk_span(bd, fd, e, cap, rs, re, NULL, 0, &stopped);
 	for (;;) {
 		while (d && di < d->n && d->r[di].end <= pos)
 			di++;
 		uint64_t nd = re;
 		if (d && di < d->n && d->r[di].start < re)
 			nd = d->r[di].start > pos ? d->r[di].start : pos;
-		while (oi < oend && old->chunk[oi].offset == pos) {
+		size_t oi = old_after(old, pos);
+		while (oi < old->nchunk && old->chunk[oi].offset == pos) {
 			uint64_t cend = pos + old->chunk[oi].len;
-			if (cend > nd || cend > re || (cend == ore && re != ore))
+			if (cend > nd || cend > re || (old_region_last(old, oi) && cend != re))
 				break;
 			int ret = add_chunk(e, cap, pos, old->chunk[oi].len, &old->chunk[oi].id);
 			if (ret)
@@ -515,16 +511,14 @@ static int chunk_region(struct builder *bd, int fd, struct tree_entry *e, uint32
 		}
 		if (pos >= re)
 			return 0;
-		while (oi < oend && old->chunk[oi].offset < pos)
-			oi++;
-		int ret = chunk_span(bd, fd, e, cap, pos, re, old->chunk + oi, oend - oi, &stopped);
+		oi = old_after(old, pos);
+		int ret = chunk_span(bd, fd, e, cap, pos, re, old->chunk + oi, old->nchunk - oi,
+				     &stopped);
 		if (ret)
 			return ret;
 		pos = stopped;
 		if (pos >= re)
 			return 0;
-		while (oi < oend && old->chunk[oi].offset < pos)
-			oi++;
 	}
 }
 
