@@ -187,21 +187,41 @@ static int read_journal_range(const char *dir, uint64_t from, uint64_t to, struc
 			 (unsigned long long)from, strerror(-ret));
 		return 1;
 	}
-	while (jreader_lsn(rd) < to) {
+	/*
+	 * The reader starts at the segment holding FROM and skips what lies
+	 * before it; when that segment is gone it starts at the oldest kept, so
+	 * the first record must begin exactly at FROM (or the log end there).
+	 */
+	bool first = true;
+	for (;;) {
 		ret = jreader_next(rd, &r);
 		if (ret < 0)
 			goto out;
 		if (ret == 0) {
-			snprintf(why, whylen, "the journal ends at LSN 0x%llx, before 0x%llx%s%s",
+			if (jreader_lsn(rd) == to && (!first || from == to))
+				break;
+			snprintf(why, whylen, "the journal ends at LSN 0x%llx, not at 0x%llx%s%s",
 				 (unsigned long long)jreader_lsn(rd), (unsigned long long)to,
 				 jreader_stop(rd) ? ": " : "", jreader_stop(rd) ? jreader_stop(rd) : "");
 			ret = 1;
 			goto out;
 		}
+		if (first && r.lsn != from) {
+			snprintf(why, whylen, "the journal from LSN 0x%llx is not kept any more (it starts at 0x%llx)",
+				 (unsigned long long)from, (unsigned long long)r.lsn);
+			ret = 1;
+			goto out;
+		}
+		first = false;
+		if (r.lsn >= to) {
+			if (r.lsn == to)
+				break;
+			snprintf(why, whylen, "LSN 0x%llx is not a record boundary", (unsigned long long)to);
+			ret = 1;
+			goto out;
+		}
 		switch (r.type) {
 		case JR_WRITE:
-			ret = dirty_add(m, r.fid.ino, r.offset, r.offset + r.data_len);
-			break;
 		case JR_COPY:
 			ret = dirty_add(m, r.fid.ino, r.offset, r.offset + r.data_len);
 			break;
@@ -225,17 +245,19 @@ static int read_journal_range(const char *dir, uint64_t from, uint64_t to, struc
 		}
 		if (ret)
 			goto out;
+		if (jreader_lsn(rd) == to)
+			break;
 	}
-	if (jreader_lsn(rd) != to) {
-		snprintf(why, whylen, "LSN 0x%llx is not a record boundary", (unsigned long long)to);
-		ret = 1;
-	}
+	ret = 0;
 out:
 	jreader_close(rd);
 	return ret;
 }
 
 /* ---- the builder ---- */
+
+/* File data is read in windows of this size (a scan), or less near a change. */
+#define READ_WINDOW (4u << 20)
 
 /* The chunk list of a file with several names, read once per build. */
 struct linkinfo {
@@ -416,21 +438,42 @@ static int chunk_span(struct builder *bd, int fd, struct tree_entry *e, uint32_t
 		      size_t nold, uint64_t *stopped)
 {
 	uint64_t pos = start;
+	uint64_t wstart = start;      /* file offset of bd->buf[0] */
+	size_t wlen = 0;              /* bytes of the file in bd->buf */
 	size_t oi = 0;
-	int ret = want_buf(bd, bd->cp.max);
+	/*
+	 * A scan reads big windows; near a change a few chunks usually
+	 * suffice before the cuts meet the old ones, so start small and grow.
+	 */
+	size_t wmax = READ_WINDOW > 2 * (size_t)bd->cp.max ? READ_WINDOW : 2 * (size_t)bd->cp.max;
+	size_t win = old ? (size_t)bd->cp.max : wmax;
+	int ret = want_buf(bd, wmax);
 
 	if (ret)
 		return ret;
 	while (pos < region_end) {
 		size_t want = region_end - pos < bd->cp.max ? (size_t)(region_end - pos) : bd->cp.max;
-		ret = pread_exact(fd, bd->buf, want, pos);
-		if (ret)
-			return ret;
-		bd->st.bytes_read += want;
-		size_t cut = chunker_cut(&bd->cp, bd->buf, want);
+		if (pos + want > wstart + wlen) {
+			/* slide the window: keep the unchunked bytes, read up to its size */
+			size_t keep = (size_t)(wstart + wlen - pos);
+			memmove(bd->buf, bd->buf + (pos - wstart), keep);
+			wstart = pos;
+			wlen = keep;
+			size_t more = win - keep;
+			win = win * 2 < wmax ? win * 2 : wmax;
+			if (more > region_end - (pos + keep))
+				more = (size_t)(region_end - (pos + keep));
+			ret = pread_exact(fd, bd->buf + keep, more, pos + keep);
+			if (ret)
+				return ret;
+			wlen += more;
+			bd->st.bytes_read += more;
+		}
+		const unsigned char *p = bd->buf + (pos - wstart);
+		size_t cut = chunker_cut(&bd->cp, p, want);
 		struct store_id id;
 		bool added;
-		ret = repo_put(bd->r, BLOB_DATA, bd->buf, cut, &id, &added);
+		ret = repo_put(bd->r, BLOB_DATA, p, cut, &id, &added);
 		if (ret)
 			return ret;
 		if (added)
@@ -698,6 +741,8 @@ static int build_dir(struct builder *bd, int dirfd, size_t plen, struct store_id
 		close(fd);
 		return -errno;
 	}
+	/* the dup shares the file position of DIRFD, which an earlier walk moved */
+	rewinddir(dir);
 	struct dirent *de;
 	while ((errno = 0, de = readdir(dir))) {
 		const char *name = de->d_name;

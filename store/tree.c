@@ -271,14 +271,16 @@ static int decode_entry(struct ibuf *b, struct tree_entry *e)
 		return -EBADMSG;
 	e->ident = ib_u64(b);
 	e->rdev = ib_u64(b);
-	e->nxattr = ib_u32(b);
-	if (b->bad || e->nxattr > (b->len - b->pos) / 6)
+	uint32_t nx = ib_u32(b);
+	if (b->bad || nx > (b->len - b->pos) / 6)
 		return -EBADMSG;
-	if (e->nxattr) {
-		e->xattr = calloc(e->nxattr, sizeof(*e->xattr));
+	if (nx) {
+		e->xattr = calloc(nx, sizeof(*e->xattr));
 		if (!e->xattr)
 			return -ENOMEM;
 	}
+	/* counted as they are made, so that a failure frees only what exists */
+	e->nxattr = nx;
 	for (uint32_t x = 0; x < e->nxattr; x++) {
 		struct tree_xattr *xa = &e->xattr[x];
 		xa->name = ib_str(b, false);

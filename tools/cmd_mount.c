@@ -534,6 +534,8 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 		struct snapshot_request rq = { .tags = "umount", .lsn = UINT64_MAX };
 		if (backing_snapshot(&b, &rq, NULL, msg, sizeof(msg)))
 			log_error("no snapshot at unmount: %s", msg);
+		else
+			log_info("at unmount: %s", msg);
 	}
 out_close:
 	fs_close(fs);
