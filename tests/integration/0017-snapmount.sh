@@ -161,13 +161,17 @@ check "SIGTERM: unmounted" bash -c "! mountpoint -q '$T/s-time'"
 # ---- a damaged chunk: EIO to the reader, a log line naming it ----
 cp -a "$B/.drfs/repo" "$T/repo-copy"
 damaged=""
+# every data pack (blob type 1) over 1 MiB gets a damaged first blob (blobs start at
+# 16); the first snapshot's files are in the first pack written, so it has one
 for p in $(find "$T/repo-copy/packs" -name '*.pack' -size +1M); do
-	# blob type 1: data chunks; the first blob starts at 16
-	if [ "$(od -An -tu4 -j12 -N4 "$p" | tr -d ' ')" = 1 ]; then damaged=$p; break; fi
+	if [ "$(od -An -tu4 -j12 -N4 "$p" | tr -d ' ')" = 1 ]; then
+		damaged=$p
+		printf '\xff\x00\xff\x00' | dd of="$p" bs=1 seek=1000 conv=notrunc status=none
+	fi
 done
+first_id=$("$DRFS" snapshots "$B" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"][:16])')
 if [ -n "$damaged" ]; then
-	printf '\xff\x00\xff\x00' | dd of="$damaged" bs=1 seek=1000 conv=notrunc status=none
-	mount_snap latest "file://$T/repo-copy" "$T/s-bad"
+	mount_snap "$first_id" "file://$T/repo-copy" "$T/s-bad"
 	log=$(record_key "$T/s-bad" log)
 	errs=$(cd "$T/s-bad" && find . -type f -exec cat {} + 2>&1 >/dev/null | grep -c 'Input/output error')
 	check "a damaged chunk is EIO to the reader" test "$errs" -gt 0
