@@ -78,5 +78,7 @@ void proc_fd_path(char *buf, int fd);
 int write_all(int fd, const void *buf, size_t len);
 /* The same at offset OFF with pwrite(2); a write of nothing gives -ENOSPC. */
 int pwrite_all(int fd, const void *buf, size_t len, off_t off);
+/* pread(2) of exactly LEN bytes at OFF; -ENODATA when the file ends first. */
+int pread_all(int fd, void *buf, size_t len, off_t off);
 
 #endif /* DRFS_COMMON_H */

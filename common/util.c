@@ -334,3 +334,22 @@ out_unlink:
 	unlinkat(dirfd, tmp, 0);
 	return ret;
 }
+
+int pread_all(int fd, void *buf, size_t len, off_t off)
+{
+	char *p = buf;
+
+	while (len) {
+		ssize_t r = pread(fd, p, len, off);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -ENODATA;
+		p += r;
+		len -= (size_t)r;
+		off += r;
+	}
+	return 0;
+}

@@ -409,23 +409,6 @@ static int want_buf(struct builder *bd, size_t n)
 	return 0;
 }
 
-static int pread_exact(int fd, void *buf, size_t len, uint64_t off)
-{
-	size_t done = 0;
-	while (done < len) {
-		ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return -ENODATA;   /* the file shrank under us */
-		done += (size_t)n;
-	}
-	return 0;
-}
-
 /*
  * Chunks from START (a cut point: the chunker state is reset there) towards
  * REGION_END.  With OLD (the parent's chunks of this region from START on,
@@ -463,7 +446,7 @@ static int chunk_span(struct builder *bd, int fd, struct tree_entry *e, uint32_t
 			win = win * 2 < wmax ? win * 2 : wmax;
 			if (more > region_end - (pos + keep))
 				more = (size_t)(region_end - (pos + keep));
-			ret = pread_exact(fd, bd->buf + keep, more, pos + keep);
+			ret = pread_all(fd, bd->buf + keep, more, (off_t)(pos + keep));
 			if (ret)
 				return ret;
 			wlen += more;

@@ -217,27 +217,6 @@ out_err:
 
 /* ---- reading a pack's table ---- */
 
-/* pread of exactly LEN bytes at OFF.  0, -EBADMSG (short: the file ends), or -errno. */
-static int pread_exact(int fd, void *buf, size_t len, off_t off)
-{
-	unsigned char *p = buf;
-
-	while (len) {
-		ssize_t r = pread(fd, p, len, off);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		if (r == 0)
-			return -EBADMSG;
-		p += r;
-		len -= (size_t)r;
-		off += r;
-	}
-	return 0;
-}
-
 int pack_read_table(int fd, enum blob_type *type, struct pack_blob **out, uint32_t *n,
 		    const char **why)
 {
@@ -255,9 +234,9 @@ int pack_read_table(int fd, enum blob_type *type, struct pack_blob **out, uint32
 		*why = "shorter than a pack header and footer";
 		return -EBADMSG;
 	}
-	ret = pread_exact(fd, head, sizeof(head), 0);
+	ret = store_pread(fd, head, sizeof(head), 0);
 	if (!ret)
-		ret = pread_exact(fd, foot, sizeof(foot), (off_t)(size - PACK_FOOTER_LEN));
+		ret = store_pread(fd, foot, sizeof(foot), (off_t)(size - PACK_FOOTER_LEN));
 	if (ret) {
 		if (ret == -EBADMSG)
 			*why = "the file changed size while read";
@@ -305,7 +284,7 @@ int pack_read_table(int fd, enum blob_type *type, struct pack_blob **out, uint32
 		ret = -ENOMEM;
 		goto out_free;
 	}
-	ret = pread_exact(fd, table, (size_t)count * PACK_ENTRY_LEN, (off_t)end);
+	ret = store_pread(fd, table, (size_t)count * PACK_ENTRY_LEN, (off_t)end);
 	if (ret) {
 		if (ret == -EBADMSG)
 			*why = "the file changed size while read";

@@ -912,27 +912,6 @@ static void pack_fd_put(struct repo *r, int slot, int fd)
 	pthread_mutex_unlock(&r->fd_lock);
 }
 
-/* pread of exactly LEN bytes.  0, -EBADMSG (the file ends), -errno. */
-static int read_exact(int fd, void *buf, size_t len, off_t off)
-{
-	unsigned char *p = buf;
-
-	while (len) {
-		ssize_t got = pread(fd, p, len, off);
-
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got < 0)
-			return -errno;
-		if (got == 0)
-			return -EBADMSG;
-		p += got;
-		len -= (size_t)got;
-		off += got;
-	}
-	return 0;
-}
-
 int repo_get(struct repo *r, const struct store_id *id, void **data, size_t *len)
 {
 	char pack_hex[HEX_LEN + 1] = "(open, not yet written)";
@@ -984,14 +963,14 @@ int repo_get(struct repo *r, const struct store_id *id, void **data, size_t *len
 		ret = -EBADMSG;
 	} else if (e.raw & PACK_RAW_ZSTD) {
 		stored = malloc(e.stored_len ? e.stored_len : 1);
-		ret = stored ? read_exact(fd, stored, e.stored_len, e.offset) : -ENOMEM;
+		ret = stored ? store_pread(fd, stored, e.stored_len, e.offset) : -ENOMEM;
 		if (!ret) {
 			ret = blob_decode(stored, e.stored_len, BLOB_ZSTD, raw, raw_len);
 			if (ret)
 				why = "does not decode";
 		}
 	} else {
-		ret = read_exact(fd, raw, raw_len, e.offset);
+		ret = store_pread(fd, raw, raw_len, e.offset);
 	}
 	pack_fd_put(r, slot, fd);
 	if (ret == -EBADMSG && !why)

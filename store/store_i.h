@@ -6,7 +6,17 @@
 #ifndef DRFS_STORE_I_H
 #define DRFS_STORE_I_H
 
+#include <errno.h>
+
+#include "../common/common.h"
 #include "store.h"
+
+/* pread of exactly LEN bytes at OFF: 0, -errno, or -EBADMSG when the file is short (damage). */
+static inline int store_pread(int fd, void *buf, size_t len, off_t off)
+{
+	int ret = pread_all(fd, buf, len, off);
+	return ret == -ENODATA ? -EBADMSG : ret;
+}
 
 /* The largest chunk_max a repository may use (docs/format.md "config"). */
 #define CHUNK_MAX_LIMIT (4u << 20)

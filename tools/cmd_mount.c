@@ -362,6 +362,41 @@ static void notify_parent(int fd, bool ok)
 	close(fd);
 }
 
+/*
+ * The absolute path of MNT_ARG when it can be mounted on: an existing
+ * directory that is not a mount point.  NULL after a one-line message.
+ * The caller frees.
+ */
+static char *mountpoint_check(const char *mnt_arg)
+{
+	struct stat st;
+	char *fstype = NULL, *mnt = path_absolute(mnt_arg);
+
+	if (!mnt) {
+		say_error("out of memory");
+		return NULL;
+	}
+	if (stat(mnt, &st) < 0) {
+		say_error("mountpoint %s: %s; create it with 'mkdir -p %s'", mnt, strerror(errno), mnt);
+		goto fail;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		say_error("mountpoint %s is not a directory; give an empty directory", mnt);
+		goto fail;
+	}
+	if (is_mount_point(mnt, &fstype)) {
+		say_error("%s is already a mount point (%s); unmount it first or choose another directory",
+			  mnt, fstype ? fstype : "unknown type");
+		goto fail;
+	}
+	free(fstype);
+	return mnt;
+fail:
+	free(fstype);
+	free(mnt);
+	return NULL;
+}
+
 /* Points stdin and stdout at /dev/null and stderr at LOG_PATH. */
 static void redirect_stdio(const char *log_path)
 {
@@ -387,7 +422,6 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	struct drfs_fs *fs = NULL;
 	struct backing b;
 	struct mount_record rec;
-	struct stat st;
 	char *mnt = NULL, *lock_path = NULL, *log_path = NULL, *fstype = NULL, *journal_dir = NULL;
 	char stats[64];
 	int ret, lock_fd = -1, notify_fd = -1, fd;
@@ -401,22 +435,9 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	if (ret)
 		return ret;
 	ret = EXIT_FAIL;
-	mnt = path_absolute(mnt_arg);
+	mnt = mountpoint_check(mnt_arg);
 	if (!mnt)
 		goto out;
-	if (stat(mnt, &st) < 0) {
-		say_error("mountpoint %s: %s; create it with 'mkdir -p %s'", mnt, strerror(errno), mnt);
-		goto out;
-	}
-	if (!S_ISDIR(st.st_mode)) {
-		say_error("mountpoint %s is not a directory; give an empty directory", mnt);
-		goto out;
-	}
-	if (is_mount_point(mnt, &fstype)) {
-		say_error("%s is already a mount point (%s); unmount it first or choose another directory",
-			  mnt, fstype ? fstype : "unknown type");
-		goto out;
-	}
 	size_t bl = strlen(b.path);
 	if (strcmp(mnt, b.path) && !strncmp(mnt, b.path, bl) && (b.path[bl - 1] == '/' || mnt[bl] == '/')) {
 		say_error("mountpoint %s lies inside the backing directory %s; choose a directory outside it",
@@ -642,7 +663,6 @@ static int do_snapshot_mount(const char *spec, const char *source, const char *m
 	struct snapmount_config cfg = { 0 };
 	struct repo *r = NULL;
 	struct snap_info s;
-	struct stat st;
 	char *mnt = NULL, *backing = NULL, *fstype = NULL;
 	const char *bad = snapmount_refused(o);
 	int ret = EXIT_FAIL, fd;
@@ -658,22 +678,9 @@ static int do_snapshot_mount(const char *spec, const char *source, const char *m
 	if (ret)
 		goto out;
 	ret = EXIT_FAIL;
-	mnt = path_absolute(mnt_arg);
+	mnt = mountpoint_check(mnt_arg);
 	if (!mnt)
 		goto out;
-	if (stat(mnt, &st) < 0) {
-		say_error("mountpoint %s: %s; create it with 'mkdir -p %s'", mnt, strerror(errno), mnt);
-		goto out;
-	}
-	if (!S_ISDIR(st.st_mode)) {
-		say_error("mountpoint %s is not a directory; give an empty directory", mnt);
-		goto out;
-	}
-	if (is_mount_point(mnt, &fstype)) {
-		say_error("%s is already a mount point (%s); unmount it first or choose another directory",
-			  mnt, fstype ? fstype : "unknown type");
-		goto out;
-	}
 	/* inside the backing, the next snapshot's scan would descend into it */
 	size_t bl = backing ? strlen(backing) : 0;
 	if (backing && !strncmp(mnt, backing, bl) && (mnt[bl] == '/' || !mnt[bl] || backing[bl - 1] == '/')) {
