@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -254,6 +255,127 @@ out:
 	return ret;
 }
 
+/* ---- hashing and encoding chunks on several threads ---- */
+
+/*
+ * The walk cuts a window of file data into chunks on one thread (the
+ * chunker is fast); hashing and compressing them, the expensive part, is
+ * shared with worker threads, one batch (a window) at a time.  The chunks
+ * are then put into the repository in file order by the walk's thread.
+ */
+struct cjob {
+	const unsigned char *data;
+	size_t len;
+	uint64_t pos;                 /* file offset */
+	struct store_id id;
+	bool known;                   /* the repository has it: not encoded */
+	void *stored;                 /* malloc'd by blob_encode */
+	size_t stored_len;
+	enum blob_enc enc;
+	int err;
+};
+
+#define POOL_MAX 16
+struct pool {
+	pthread_mutex_t lock;
+	pthread_cond_t work, done;
+	pthread_t th[POOL_MAX];
+	unsigned nthreads;
+	struct repo *r;
+	int level;
+	struct cjob *jobs;            /* protected by lock, as is everything below */
+	size_t njobs, next, busy;
+	uint64_t gen;
+	bool stop;
+};
+
+static void cjob_run(struct pool *p, struct cjob *j)
+{
+	store_hash(j->data, j->len, &j->id);
+	j->known = repo_has(p->r, &j->id);
+	if (!j->known)
+		j->err = blob_encode(j->data, j->len, p->level, &j->stored, &j->stored_len, &j->enc);
+}
+
+/* Takes jobs of the current batch until none is left.  Called with P->lock held. */
+static void pool_drain(struct pool *p)
+{
+	while (p->next < p->njobs) {
+		struct cjob *j = &p->jobs[p->next++];
+		p->busy++;
+		pthread_mutex_unlock(&p->lock);
+		cjob_run(p, j);
+		pthread_mutex_lock(&p->lock);
+		p->busy--;
+	}
+	if (!p->busy)
+		pthread_cond_broadcast(&p->done);
+}
+
+static void *pool_worker(void *arg)
+{
+	struct pool *p = arg;
+	uint64_t seen = 0;
+
+	pthread_mutex_lock(&p->lock);
+	for (;;) {
+		while (!p->stop && p->gen == seen)
+			pthread_cond_wait(&p->work, &p->lock);
+		if (p->stop)
+			break;
+		seen = p->gen;
+		pool_drain(p);
+	}
+	pthread_mutex_unlock(&p->lock);
+	return NULL;
+}
+
+/* Runs the N jobs at JOBS on the pool and this thread; returns when all are done. */
+static void pool_run(struct pool *p, struct cjob *jobs, size_t n)
+{
+	pthread_mutex_lock(&p->lock);
+	p->jobs = jobs;
+	p->njobs = n;
+	p->next = 0;
+	p->gen++;
+	pthread_cond_broadcast(&p->work);
+	pool_drain(p);
+	while (p->busy || p->next < p->njobs)
+		pthread_cond_wait(&p->done, &p->lock);
+	pthread_mutex_unlock(&p->lock);
+}
+
+/* Starts NTHREADS - 1 workers (the caller is the last one). */
+static void pool_start(struct pool *p, struct repo *r, unsigned nthreads)
+{
+	memset(p, 0, sizeof(*p));
+	pthread_mutex_init(&p->lock, NULL);
+	pthread_cond_init(&p->work, NULL);
+	pthread_cond_init(&p->done, NULL);
+	p->r = r;
+	p->level = repo_get_config(r)->zstd_level;
+	if (nthreads > POOL_MAX)
+		nthreads = POOL_MAX;
+	for (unsigned i = 0; i + 1 < nthreads; i++) {
+		if (pthread_create(&p->th[p->nthreads], NULL, pool_worker, p))
+			break;   /* fewer helpers: slower, not wrong */
+		p->nthreads++;
+	}
+}
+
+static void pool_stop(struct pool *p)
+{
+	pthread_mutex_lock(&p->lock);
+	p->stop = true;
+	pthread_cond_broadcast(&p->work);
+	pthread_mutex_unlock(&p->lock);
+	for (unsigned i = 0; i < p->nthreads; i++)
+		pthread_join(p->th[i], NULL);
+	pthread_cond_destroy(&p->done);
+	pthread_cond_destroy(&p->work);
+	pthread_mutex_destroy(&p->lock);
+}
+
 /* ---- the builder ---- */
 
 /* File data is read in windows of this size (a scan), or less near a change. */
@@ -278,6 +400,9 @@ struct builder {
 	struct imap links;            /* ino -> struct linkinfo (nlink > 1), made this build */
 	unsigned char *buf;           /* read buffer */
 	size_t buflen;
+	struct pool pool;
+	struct cjob *jobs;            /* one window's chunks */
+	size_t jobcap;
 	struct snap_build_stats st;
 	uint64_t files_changed;
 	char path[PATH_MAX];          /* the path being built, for messages */
@@ -416,6 +541,32 @@ static int want_buf(struct builder *bd, size_t n)
  * there the old chunking holds again for bytes the journal did not touch.
  * *STOPPED gets the position reached.
  */
+/* Hashes, encodes and puts the N chunks at BD->jobs, in order, into E. */
+static int flush_jobs(struct builder *bd, struct tree_entry *e, uint32_t *cap, size_t n)
+{
+	int ret = 0;
+
+	pool_run(&bd->pool, bd->jobs, n);
+	for (size_t i = 0; i < n; i++) {
+		struct cjob *j = &bd->jobs[i];
+		bool added = false;
+		if (!ret)
+			ret = j->err;
+		if (!ret && !j->known)
+			ret = repo_put_encoded(bd->r, BLOB_DATA, &j->id, j->stored, j->stored_len,
+					       j->enc, j->len, &added);
+		if (!ret && added) {
+			bd->st.chunks_new++;
+			bd->st.chunk_bytes_new += j->len;
+		}
+		if (!ret)
+			ret = add_chunk(e, cap, j->pos, (uint32_t)j->len, &j->id);
+		free(j->stored);
+		j->stored = NULL;
+	}
+	return ret;
+}
+
 static int chunk_span(struct builder *bd, int fd, struct tree_entry *e, uint32_t *cap,
 		      uint64_t start, uint64_t region_end, const struct tree_chunk *old,
 		      size_t nold, uint64_t *stopped)
@@ -423,7 +574,8 @@ static int chunk_span(struct builder *bd, int fd, struct tree_entry *e, uint32_t
 	uint64_t pos = start;
 	uint64_t wstart = start;      /* file offset of bd->buf[0] */
 	size_t wlen = 0;              /* bytes of the file in bd->buf */
-	size_t oi = 0;
+	size_t oi = 0, njobs = 0;
+	bool resynced = false;
 	/*
 	 * A scan reads big windows; near a change a few chunks usually
 	 * suffice before the cuts meet the old ones, so start small and grow.
@@ -434,9 +586,22 @@ static int chunk_span(struct builder *bd, int fd, struct tree_entry *e, uint32_t
 
 	if (ret)
 		return ret;
-	while (pos < region_end) {
+	if (bd->jobcap < wmax / bd->cp.min + 1) {
+		size_t cap2 = wmax / bd->cp.min + 1;
+		struct cjob *j = realloc(bd->jobs, cap2 * sizeof(*j));
+		if (!j)
+			return -ENOMEM;
+		bd->jobs = j;
+		bd->jobcap = cap2;
+	}
+	while (pos < region_end && !resynced) {
 		size_t want = region_end - pos < bd->cp.max ? (size_t)(region_end - pos) : bd->cp.max;
 		if (pos + want > wstart + wlen) {
+			/* the chunks cut so far point into the window: finish them first */
+			ret = flush_jobs(bd, e, cap, njobs);
+			njobs = 0;
+			if (ret)
+				return ret;
 			/* slide the window: keep the unchunked bytes, read up to its size */
 			size_t keep = (size_t)(wstart + wlen - pos);
 			memmove(bd->buf, bd->buf + (pos - wstart), keep);
@@ -454,24 +619,15 @@ static int chunk_span(struct builder *bd, int fd, struct tree_entry *e, uint32_t
 		}
 		const unsigned char *p = bd->buf + (pos - wstart);
 		size_t cut = chunker_cut(&bd->cp, p, want);
-		struct store_id id;
-		bool added;
-		ret = repo_put(bd->r, BLOB_DATA, p, cut, &id, &added);
-		if (ret)
-			return ret;
-		if (added)
-			bd->st.chunks_new++;
-		ret = add_chunk(e, cap, pos, (uint32_t)cut, &id);
-		if (ret)
-			return ret;
+		bd->jobs[njobs++] = (struct cjob){ .data = p, .len = cut, .pos = pos };
 		pos += cut;
 		while (oi < nold && old[oi].offset + old[oi].len < pos)
 			oi++;
-		if (oi < nold && old[oi].offset + old[oi].len == pos)
-			break;
+		resynced = oi < nold && old[oi].offset + old[oi].len == pos;
 	}
+	ret = flush_jobs(bd, e, cap, njobs);
 	*stopped = pos;
-	return 0;
+	return ret;
 }
 
 /* The index of the first old chunk ending after POS (O->nchunk when none). */
@@ -800,6 +956,7 @@ static void builder_release(struct builder *bd)
 		tree_release(&bd->old_trees[i]);
 	free(bd->old_trees);
 	free(bd->buf);
+	free(bd->jobs);
 }
 
 int snap_build(struct repo *r, const struct snap_build *b, struct snap_info *out,
@@ -811,6 +968,7 @@ int snap_build(struct repo *r, const struct snap_build *b, struct snap_info *out
 	int ret;
 
 	bd.cp = repo_get_config(r)->chunk;
+	pool_start(&bd.pool, r, b->threads ? b->threads : 2);
 	if (b->parent && b->journal_dir) {
 		if (b->parent->lsn > b->lsn) {
 			snprintf(why, sizeof(why), "the parent snapshot is ahead of the journal (LSN 0x%llx > 0x%llx)",
@@ -878,6 +1036,7 @@ int snap_build(struct repo *r, const struct snap_build *b, struct snap_info *out
 	if (st)
 		*st = bd.st;
 out:
+	pool_stop(&bd.pool);
 	builder_release(&bd);
 	return ret;
 }

@@ -87,15 +87,13 @@ static int writer_room(struct pack_writer *w, size_t n)
 	return 0;
 }
 
-int pack_writer_add(struct pack_writer *w, const struct store_id *id, const void *data,
-		    size_t len, int level, struct pack_blob *out)
+int pack_writer_add_encoded(struct pack_writer *w, const struct store_id *id, const void *stored,
+			    size_t stored_len, enum blob_enc enc, size_t raw_len,
+			    struct pack_blob *out)
 {
-	void *stored;
-	size_t stored_len;
-	enum blob_enc enc;
 	int ret;
 
-	if (len > PACK_RAW_LEN_MAX)
+	if (raw_len > PACK_RAW_LEN_MAX)
 		return -EFBIG;
 	if (w->n == w->ent_cap) {
 		uint32_t cap = w->ent_cap ? w->ent_cap * 2 : 64;
@@ -117,17 +115,12 @@ int pack_writer_add(struct pack_writer *w, const struct store_id *id, const void
 		w->len = PACK_HEADER_LEN;
 		w->n = 0;
 	}
-	ret = blob_encode(data, len, level, &stored, &stored_len, &enc);
-	if (ret)
-		return ret;
 	/* offsets are u32: a pack may not grow past 4 GiB (pack_size is at most 1 GiB) */
-	if (w->len + stored_len > UINT32_MAX) {
-		ret = -EFBIG;
-		goto out_free;
-	}
+	if (w->len + stored_len > UINT32_MAX)
+		return -EFBIG;
 	ret = writer_room(w, stored_len);
 	if (ret)
-		goto out_free;
+		return ret;
 	if (stored_len)
 		memcpy(w->buf + w->len, stored, stored_len);
 
@@ -136,11 +129,27 @@ int pack_writer_add(struct pack_writer *w, const struct store_id *id, const void
 	e->pack = 0;
 	e->offset = (uint32_t)w->len;
 	e->stored_len = (uint32_t)stored_len;
-	e->raw = (uint32_t)len | (enc == BLOB_ZSTD ? PACK_RAW_ZSTD : 0) |
+	e->raw = (uint32_t)raw_len | (enc == BLOB_ZSTD ? PACK_RAW_ZSTD : 0) |
 		 (w->type == BLOB_TREE ? PACK_RAW_TREE : 0);
 	w->len += stored_len;
 	*out = *e;
-out_free:
+	return 0;
+}
+
+int pack_writer_add(struct pack_writer *w, const struct store_id *id, const void *data,
+		    size_t len, int level, struct pack_blob *out)
+{
+	void *stored;
+	size_t stored_len;
+	enum blob_enc enc;
+	int ret;
+
+	if (len > PACK_RAW_LEN_MAX)
+		return -EFBIG;
+	ret = blob_encode(data, len, level, &stored, &stored_len, &enc);
+	if (ret)
+		return ret;
+	ret = pack_writer_add_encoded(w, id, stored, stored_len, enc, len, out);
 	free(stored);
 	return ret;
 }

@@ -741,8 +741,13 @@ static int pack_close(struct repo *r, struct pack_writer *w)
 	return 0;
 }
 
-int repo_put_id(struct repo *r, enum blob_type type, const void *data, size_t len,
-		const struct store_id *id, bool *added)
+/*
+ * Adds blob ID to the open pack of TYPE: from its plaintext DATA (LEN
+ * bytes, encoded here) when STORED is NULL, else already encoded.
+ */
+static int put_blob(struct repo *r, enum blob_type type, const struct store_id *id,
+		    const void *data, size_t len, const void *stored, size_t stored_len,
+		    enum blob_enc enc, bool *added)
 {
 	struct pack_writer *w;
 	struct pack_blob b;
@@ -760,7 +765,8 @@ int repo_put_id(struct repo *r, enum blob_type type, const void *data, size_t le
 	}
 	w = &r->open[type - 1];
 	pthread_rwlock_wrlock(&r->lock);
-	ret = pack_writer_add(w, id, data, len, r->cfg.zstd_level, &b);
+	ret = stored ? pack_writer_add_encoded(w, id, stored, stored_len, enc, len, &b)
+		     : pack_writer_add(w, id, data, len, r->cfg.zstd_level, &b);
 	if (ret)
 		goto out_unlock;
 	b.pack = PACK_OPEN(type);
@@ -777,6 +783,19 @@ int repo_put_id(struct repo *r, enum blob_type type, const void *data, size_t le
 out_unlock:
 	pthread_rwlock_unlock(&r->lock);
 	return ret;
+}
+
+int repo_put_id(struct repo *r, enum blob_type type, const void *data, size_t len,
+		const struct store_id *id, bool *added)
+{
+	return put_blob(r, type, id, data, len, NULL, 0, BLOB_RAW, added);
+}
+
+int repo_put_encoded(struct repo *r, enum blob_type type, const struct store_id *id,
+		     const void *stored, size_t stored_len, enum blob_enc enc, size_t raw_len,
+		     bool *added)
+{
+	return put_blob(r, type, id, NULL, raw_len, stored, stored_len, enc, added);
 }
 
 int repo_put(struct repo *r, enum blob_type type, const void *data, size_t len,

@@ -114,6 +114,15 @@ int repo_put(struct repo *r, enum blob_type type, const void *data, size_t len,
 /* Like repo_put for a blob whose id the caller already computed. */
 int repo_put_id(struct repo *r, enum blob_type type, const void *data, size_t len,
 		const struct store_id *id, bool *added);
+/*
+ * Like repo_put_id for a blob the caller encoded with blob_encode() at the
+ * repository's level (STORED_LEN bytes, encoding ENC, RAW_LEN plaintext), so
+ * that several threads can encode while one puts.  The caller vouches that
+ * ID is the SHA-256 of the plaintext.
+ */
+int repo_put_encoded(struct repo *r, enum blob_type type, const struct store_id *id,
+		     const void *stored, size_t stored_len, enum blob_enc enc, size_t raw_len,
+		     bool *added);
 /* Whether the repository has blob ID (in an index, or in an open pack). */
 bool repo_has(struct repo *r, const struct store_id *id);
 /*
@@ -242,7 +251,8 @@ struct snap_build_stats {
 	uint64_t files, dirs, bytes;
 	uint64_t files_read;          /* files whose data was read (whole or in part) */
 	uint64_t bytes_read;          /* file bytes read to chunk */
-	uint64_t chunks_new, bytes_new_stored;
+	uint64_t chunks_new, chunk_bytes_new; /* chunks the repository did not have, their plaintext bytes */
+	uint64_t bytes_new_stored;
 	bool fell_back_to_scan;       /* journal range unusable; why in the log */
 };
 

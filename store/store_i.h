@@ -57,6 +57,10 @@ void pack_writer_release(struct pack_writer *w);
  * Encodes LEN bytes at DATA (blob_encode at LEVEL) and appends them as blob
  * ID.  *OUT gets its entry (pack 0).  0, -EFBIG (too large), -ENOMEM.
  */
+/* pack_writer_add for a blob its caller already encoded (STORED_LEN bytes, ENC, RAW_LEN plaintext). */
+int pack_writer_add_encoded(struct pack_writer *w, const struct store_id *id, const void *stored,
+			    size_t stored_len, enum blob_enc enc, size_t raw_len,
+			    struct pack_blob *out);
 int pack_writer_add(struct pack_writer *w, const struct store_id *id, const void *data,
 		    size_t len, int level, struct pack_blob *out);
 /*
