@@ -176,9 +176,80 @@ static void dirty_finish(struct dirty *d)
  * Reads the journal in DIR over [FROM, TO) into M.  Returns 0, or 1 when
  * the range cannot be used (WHY says why), or -errno.
  */
-static int read_journal_range(const char *dir, uint64_t from, uint64_t to, struct imap *m,
+/*
+ * What a journal range says: per inode, the data ranges touched (M); every
+ * object a record changes (TOUCHED: its attributes or its entries may
+ * differ); and for objects linked into a directory in the range, that
+ * directory (UP: inode -> parent inode).  The journal names the root by
+ * inode 0; here it is ROOT_INO, the backing root's inode number.
+ */
+struct jrange {
+	struct imap *m;
+	struct imap *touched;
+	struct imap *up;
+	uint64_t root_ino;
+};
+
+static uint64_t jino(const struct jrange *jr, const struct jfid *f)
+{
+	return f->ino ? f->ino : jr->root_ino;
+}
+
+static int touch(struct jrange *jr, const struct jfid *f)
+{
+	void **v = imap_slot(jr->touched, jino(jr, f), true);
+	if (!v)
+		return -ENOMEM;
+	*v = (void *)1;
+	return 0;
+}
+
+static int link_up(struct jrange *jr, const struct jfid *f, const struct jfid *parent)
+{
+	void **v = imap_slot(jr->up, jino(jr, f), true);
+	if (!v)
+		return -ENOMEM;
+	*v = (void *)(uintptr_t)jino(jr, parent);
+	return 0;
+}
+
+/* Notes what record R changes in JR.  0 or -ENOMEM. */
+static int note_objects(struct jrange *jr, const struct jrec *r)
+{
+	static const struct jfid none = { 0, 0 };
+	int ret = 0;
+
+	switch (r->type) {
+	case JR_WRITE: case JR_SETATTR: case JR_FALLOCATE: case JR_COPY:
+	case JR_SETXATTR: case JR_REMOVEXATTR:
+		return touch(jr, &r->fid);
+	case JR_CREATE:
+	case JR_LINK:
+		if (!(ret = touch(jr, &r->fid)) && !(ret = touch(jr, &r->fid2)))
+			ret = link_up(jr, &r->fid, &r->fid2);
+		return ret;
+	case JR_UNLINK:
+		if (!(ret = touch(jr, &r->fid)))
+			ret = touch(jr, &r->fid2);
+		return ret;
+	case JR_RENAME:
+		if (!(ret = touch(jr, &r->fid)) && !(ret = touch(jr, &r->fid2)) &&
+		    !(ret = touch(jr, &r->fid3)))
+			ret = link_up(jr, &r->fid3, &r->fid2);
+		if (!ret && memcmp(&r->fid4, &none, sizeof(none)) && (r->fid4.ino || r->fid4.gen)) {
+			ret = touch(jr, &r->fid4);
+			if (!ret && (r->xflags & RENAME_EXCHANGE))
+				ret = link_up(jr, &r->fid4, &r->fid);
+		}
+		return ret;
+	}
+	return 0;
+}
+
+static int read_journal_range(const char *dir, uint64_t from, uint64_t to, struct jrange *jr,
 			      char *why, size_t whylen)
 {
+	struct imap *m = jr->m;
 	struct jreader *rd;
 	struct jrec r;
 	int ret = jreader_open(dir, from, &rd);
@@ -221,6 +292,9 @@ static int read_journal_range(const char *dir, uint64_t from, uint64_t to, struc
 			ret = 1;
 			goto out;
 		}
+		ret = note_objects(jr, &r);
+		if (ret)
+			goto out;
 		switch (r.type) {
 		case JR_WRITE:
 		case JR_COPY:
@@ -398,6 +472,19 @@ struct builder {
 	struct tree *old_trees;       /* the parent's trees, kept while building */
 	size_t nold, capold;
 	struct imap links;            /* ino -> struct linkinfo (nlink > 1), made this build */
+	/*
+	 * Which directories to walk (incremental): those on the way from the
+	 * root to something the journal touched.  The others keep the parent's
+	 * tree, unread.
+	 */
+	struct imap touched, up;      /* from the journal (struct jrange) */
+	struct imap oldup;            /* ino -> parent directory ino, in the parent */
+	struct imap olddirs;          /* directory ino -> struct olddir */
+	struct imap marked;           /* directories to walk */
+	struct { uint64_t ino, parent; } *multi; /* names of multi-link files in the parent */
+	size_t nmulti, capmulti;
+	uint64_t root_ino;
+	bool walk_all;                /* an object with no known place: walk everything */
 	unsigned char *buf;           /* read buffer */
 	size_t buflen;
 	struct pool pool;
@@ -408,8 +495,19 @@ struct builder {
 	char path[PATH_MAX];          /* the path being built, for messages */
 };
 
-/* Loads every tree of the parent snapshot under ID and indexes its files by inode. */
-static int load_parent(struct builder *bd, const struct store_id *id)
+/* A directory of the parent snapshot: its tree and what is under it. */
+struct olddir {
+	struct store_id subtree;
+	uint64_t files, dirs, bytes;
+};
+
+/*
+ * Loads every tree of the parent snapshot under ID (the directory DIR_INO),
+ * indexes its files by inode and notes where every object lives; *TOT gets
+ * the files, directories and bytes under it.
+ */
+static int load_parent(struct builder *bd, const struct store_id *id, uint64_t dir_ino,
+		       struct olddir *tot)
 {
 	if (bd->nold == bd->capold) {
 		size_t cap = bd->capold ? bd->capold * 2 : 64;
@@ -426,18 +524,80 @@ static int load_parent(struct builder *bd, const struct store_id *id)
 	bd->nold++;
 	/* the array may move while recursing: index entries through a copy of the tree */
 	struct tree t = bd->old_trees[slot];
+	tot->subtree = *id;
 	for (uint32_t i = 0; i < t.n; i++) {
 		struct tree_entry *e = &t.e[i];
+		void **v = imap_slot(&bd->oldup, e->ident, true);
+		if (!v)
+			return -ENOMEM;
+		*v = (void *)(uintptr_t)dir_ino;
+		if (e->type != TT_DIR && e->nlink > 1) {
+			if (bd->nmulti == bd->capmulti) {
+				size_t cap = bd->capmulti ? bd->capmulti * 2 : 64;
+				void *m = realloc(bd->multi, cap * sizeof(*bd->multi));
+				if (!m)
+					return -ENOMEM;
+				bd->multi = m;
+				bd->capmulti = cap;
+			}
+			bd->multi[bd->nmulti].ino = e->ident;
+			bd->multi[bd->nmulti].parent = dir_ino;
+			bd->nmulti++;
+		}
 		if (e->type == TT_REG) {
-			void **v = imap_slot(&bd->old, e->ident, true);
+			v = imap_slot(&bd->old, e->ident, true);
 			if (!v)
 				return -ENOMEM;
 			*v = e;
+			tot->files++;
+			tot->bytes += e->size;
 		} else if (e->type == TT_DIR) {
-			ret = load_parent(bd, &e->subtree);
+			struct olddir *od = calloc(1, sizeof(*od));
+			if (!od)
+				return -ENOMEM;
+			v = imap_slot(&bd->olddirs, e->ident, true);
+			if (!v) {
+				free(od);
+				return -ENOMEM;
+			}
+			free(*v);
+			*v = od;
+			ret = load_parent(bd, &e->subtree, e->ident, od);
 			if (ret)
 				return ret;
+			tot->files += od->files;
+			tot->dirs += od->dirs + 1;
+			tot->bytes += od->bytes;
 		}
+	}
+	return 0;
+}
+
+/* Marks INO and the directories above it (in the parent, or linked in the range) to be walked. */
+static int mark_up(struct builder *bd, uint64_t ino, int depth)
+{
+	while (!imap_get(&bd->marked, ino)) {
+		void **v = imap_slot(&bd->marked, ino, true);
+		if (!v)
+			return -ENOMEM;
+		*v = (void *)1;
+		if (ino == bd->root_ino)
+			return 0;
+		/* every name of a multi-link file: each directory holds a copy of its entry */
+		for (size_t i = 0; i < bd->nmulti; i++)
+			if (bd->multi[i].ino == ino && depth < 64) {
+				int ret = mark_up(bd, bd->multi[i].parent, depth + 1);
+				if (ret)
+					return ret;
+			}
+		uintptr_t p = (uintptr_t)imap_get(&bd->up, ino);
+		if (!p)
+			p = (uintptr_t)imap_get(&bd->oldup, ino);
+		if (!p) {
+			bd->walk_all = true;   /* cannot place it: look everywhere */
+			return 0;
+		}
+		ino = p;
 	}
 	return 0;
 }
@@ -736,7 +896,7 @@ static int build_file(struct builder *bd, int fd, struct tree_entry *e,
 	return 0;
 }
 
-static int build_dir(struct builder *bd, int dirfd, size_t plen, struct store_id *out);
+static int build_dir(struct builder *bd, int dirfd, uint64_t ino, size_t plen, struct store_id *out);
 
 /* Makes the tree entry E for NAME in DIRFD (with ST its stat). */
 static int build_entry(struct builder *bd, int dirfd, const char *name, const struct stat *st,
@@ -782,7 +942,7 @@ static int build_entry(struct builder *bd, int dirfd, const char *name, const st
 		int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		if (fd < 0)
 			return -errno;
-		ret = build_dir(bd, fd, plen, &e->subtree);
+		ret = build_dir(bd, fd, st->st_ino, plen, &e->subtree);
 		close(fd);
 		bd->st.dirs++;
 		return ret;
@@ -867,10 +1027,23 @@ out_link:
  * Builds the tree of the directory at DIRFD (BD->path[0..PLEN) is its path)
  * and stores it; *OUT gets its id.
  */
-static int build_dir(struct builder *bd, int dirfd, size_t plen, struct store_id *out)
+static int build_dir(struct builder *bd, int dirfd, uint64_t ino, size_t plen, struct store_id *out)
 {
 	struct tree t = { 0 };
 	int ret = 0;
+
+	if (bd->incremental && !bd->walk_all && !imap_get(&bd->marked, ino)) {
+		const struct olddir *od = imap_get(&bd->olddirs, ino);
+		if (od) {
+			/* nothing under it is touched: the parent's tree, unread */
+			*out = od->subtree;
+			bd->st.files += od->files;
+			bd->st.dirs += od->dirs;
+			bd->st.bytes += od->bytes;
+			bd->st.dirs_skipped += od->dirs + 1;
+			return 0;
+		}
+	}
 	int fd = dup(dirfd);
 
 	if (fd < 0)
@@ -949,6 +1122,14 @@ static void builder_release(struct builder *bd)
 		}
 	free(bd->dirty.s);
 	free(bd->old.s);
+	free(bd->touched.s);
+	free(bd->up.s);
+	free(bd->oldup.s);
+	free(bd->marked.s);
+	for (size_t i = 0; i < bd->olddirs.cap; i++)
+		free(bd->olddirs.s[i].val);
+	free(bd->olddirs.s);
+	free(bd->multi);
 	for (size_t i = 0; i < bd->links.cap; i++)
 		free(bd->links.s[i].val);
 	free(bd->links.s);
@@ -969,38 +1150,56 @@ int snap_build(struct repo *r, const struct snap_build *b, struct snap_info *out
 
 	bd.cp = repo_get_config(r)->chunk;
 	pool_start(&bd.pool, r, b->threads ? b->threads : 2);
+	struct stat rst;
+	if (fstat(b->backing_fd, &rst)) {
+		ret = -errno;
+		goto out;
+	}
+	bd.root_ino = rst.st_ino;
 	if (b->parent && b->journal_dir) {
+		struct jrange jr = { .m = &bd.dirty, .touched = &bd.touched, .up = &bd.up,
+				     .root_ino = rst.st_ino };
 		if (b->parent->lsn > b->lsn) {
 			snprintf(why, sizeof(why), "the parent snapshot is ahead of the journal (LSN 0x%llx > 0x%llx)",
 				 (unsigned long long)b->parent->lsn, (unsigned long long)b->lsn);
 			ret = 1;
 		} else {
-			ret = read_journal_range(b->journal_dir, b->parent->lsn, b->lsn, &bd.dirty, why,
+			ret = read_journal_range(b->journal_dir, b->parent->lsn, b->lsn, &jr, why,
 						 sizeof(why));
 		}
 		if (ret < 0)
 			goto out;
 		if (ret == 0) {
-			ret = load_parent(&bd, &b->parent->tree);
+			struct olddir *root = calloc(1, sizeof(*root));
+			void **v = root ? imap_slot(&bd.olddirs, rst.st_ino, true) : NULL;
+			if (!v) {
+				free(root);
+				ret = -ENOMEM;
+				goto out;
+			}
+			*v = root;
+			ret = load_parent(&bd, &b->parent->tree, rst.st_ino, root);
 			if (ret)
 				goto out;
 			bd.incremental = true;
 			for (size_t i = 0; i < bd.dirty.cap; i++)
 				if (bd.dirty.s[i].ino)
 					dirty_finish(bd.dirty.s[i].val);
+			for (size_t i = 0; i < bd.touched.cap && !ret; i++)
+				if (bd.touched.s[i].ino)
+					ret = mark_up(&bd, bd.touched.s[i].ino, 0);
+			if (ret)
+				goto out;
+			if (bd.walk_all)
+				log_info("snapshot: an object the journal names has no known place; walking the whole tree");
 		} else {
 			log_info("snapshot: scanning the whole tree: %s", why);
 			bd.st.fell_back_to_scan = true;
 		}
 	}
 
-	struct stat rst;
-	if (fstat(b->backing_fd, &rst)) {
-		ret = -errno;
-		goto out;
-	}
 	bd.path[0] = 0;
-	ret = build_dir(&bd, b->backing_fd, 0, &s.tree);
+	ret = build_dir(&bd, b->backing_fd, rst.st_ino, 0, &s.tree);
 	if (ret)
 		goto out;
 	uint64_t added = 0;

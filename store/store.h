@@ -249,6 +249,7 @@ struct snap_build {
 
 struct snap_build_stats {
 	uint64_t files, dirs, bytes;
+	uint64_t dirs_skipped;        /* directories the journal says nothing under changed: not walked */
 	uint64_t files_read;          /* files whose data was read (whole or in part) */
 	uint64_t bytes_read;          /* file bytes read to chunk */
 	uint64_t chunks_new, chunk_bytes_new; /* chunks the repository did not have, their plaintext bytes */
