@@ -454,6 +454,9 @@ static void pool_stop(struct pool *p)
 
 /* File data is read in windows of this size (a scan), or less near a change. */
 #define READ_WINDOW (4u << 20)
+/* A scan asks for the first PREFETCH_BYTES of the next PREFETCH_FILES files ahead. */
+#define PREFETCH_FILES 32
+#define PREFETCH_BYTES (1 << 20)
 
 /* The chunk list of a file with several names, read once per build. */
 struct linkinfo {
@@ -1044,6 +1047,11 @@ static int build_dir(struct builder *bd, int dirfd, uint64_t ino, size_t plen, s
 			return 0;
 		}
 	}
+	struct dname {
+		char *name;
+		unsigned char type;
+	} *names = NULL;
+	size_t nnames = 0, capnames = 0, pf = 0;
 	int fd = dup(dirfd);
 
 	if (fd < 0)
@@ -1055,6 +1063,7 @@ static int build_dir(struct builder *bd, int dirfd, uint64_t ino, size_t plen, s
 	}
 	/* the dup shares the file position of DIRFD, which an earlier walk moved */
 	rewinddir(dir);
+	/* the names first, so that a scan can ask for the data of the files ahead */
 	struct dirent *de;
 	while ((errno = 0, de = readdir(dir))) {
 		const char *name = de->d_name;
@@ -1062,6 +1071,45 @@ static int build_dir(struct builder *bd, int dirfd, uint64_t ino, size_t plen, s
 			continue;
 		if (plen == 0 && bd->b->skip_name && !strcmp(name, bd->b->skip_name))
 			continue;
+		if (nnames == capnames) {
+			size_t cap = capnames ? capnames * 2 : 32;
+			struct dname *nn = realloc(names, cap * sizeof(*nn));
+			if (!nn) {
+				ret = -ENOMEM;
+				goto out;
+			}
+			names = nn;
+			capnames = cap;
+		}
+		names[nnames].name = strdup(name);
+		names[nnames].type = de->d_type;
+		if (!names[nnames].name) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		nnames++;
+	}
+	if (errno) {
+		ret = -errno;
+		goto out;
+	}
+	for (size_t i = 0; i < nnames; i++) {
+		const char *name = names[i].name;
+		/*
+		 * A scan reads file after file; without help each cold read waits
+		 * for the disk.  Ask for the next files' first bytes now, so the
+		 * disk works while this thread chunks.
+		 */
+		for (; !bd->incremental && pf < nnames && pf < i + PREFETCH_FILES; pf++) {
+			if (names[pf].type != DT_REG)
+				continue;
+			int pfd = openat(dirfd, names[pf].name,
+					 O_RDONLY | O_NOFOLLOW | O_NOATIME | O_NONBLOCK | O_CLOEXEC);
+			if (pfd >= 0) {
+				posix_fadvise(pfd, 0, PREFETCH_BYTES, POSIX_FADV_WILLNEED);
+				close(pfd);
+			}
+		}
 		if (t.n == t.cap) {
 			uint32_t cap = t.cap ? t.cap * 2 : 16;
 			struct tree_entry *e = realloc(t.e, cap * sizeof(*e));
@@ -1094,10 +1142,6 @@ static int build_dir(struct builder *bd, int dirfd, uint64_t ino, size_t plen, s
 		}
 		bd->path[plen] = 0;
 	}
-	if (errno) {
-		ret = -errno;
-		goto out;
-	}
 	tree_sort(&t);
 	void *enc;
 	size_t len;
@@ -1108,6 +1152,9 @@ static int build_dir(struct builder *bd, int dirfd, uint64_t ino, size_t plen, s
 	free(enc);
 out:
 	closedir(dir);
+	for (size_t i = 0; i < nnames; i++)
+		free(names[i].name);
+	free(names);
 	tree_release(&t);
 	return ret;
 }

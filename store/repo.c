@@ -297,7 +297,7 @@ void repo_config_default(struct repo_config *cfg)
 	cfg->chunk.min = CHUNK_MIN_DEFAULT;
 	cfg->chunk.avg = CHUNK_AVG_DEFAULT;
 	cfg->chunk.max = CHUNK_MAX_DEFAULT;
-	cfg->zstd_level = 3;
+	cfg->zstd_level = 5;
 	cfg->pack_size = PACK_SIZE_DEFAULT;
 }
 

@@ -77,7 +77,7 @@ enum blob_type { BLOB_DATA = 1, BLOB_TREE = 2 };
 
 struct repo_config {
 	struct chunker_params chunk;
-	int zstd_level;               /* default 3 */
+	int zstd_level;               /* default 5 */
 	uint64_t pack_size;           /* default 16 MiB */
 };
 /* The defaults of docs/format.md into *CFG. */
