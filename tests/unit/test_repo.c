@@ -209,7 +209,7 @@ static void test_config_roundtrip(void **state)
 	assert_int_equal(def.chunk.min, 16384);
 	assert_int_equal(def.chunk.avg, 65536);
 	assert_int_equal(def.chunk.max, 262144);
-	assert_int_equal(def.zstd_level, 3);
+	assert_int_equal(def.zstd_level, 5);
 	assert_int_equal(def.pack_size, 16777216);
 
 	assert_false(repo_exists(f->repo));
