@@ -149,9 +149,10 @@ int backing_snapshot(const struct backing *b, const struct snapshot_request *rq,
 	char hex[65];
 	store_id_hex(&s.id, hex);
 	snprintf(msg, msglen,
-		 "snapshot %.16s of %s at LSN %llu: %llu files, %.1f MiB; read %llu files, %llu bytes; %llu new chunks, %llu bytes; added %llu bytes; from the %s; %.2f s",
+		 "snapshot %.16s of %s at LSN %llu: %llu files, %.1f MiB; walked %llu of %llu directories; read %llu files, %llu bytes; %llu new chunks, %llu bytes; added %llu bytes; from the %s; %.2f s",
 		 hex, b->path, (unsigned long long)lsn, (unsigned long long)st.files,
-		 st.bytes / 1048576.0, (unsigned long long)st.files_read,
+		 st.bytes / 1048576.0, (unsigned long long)(st.dirs - st.dirs_skipped),
+		 (unsigned long long)st.dirs, (unsigned long long)st.files_read,
 		 (unsigned long long)st.bytes_read, (unsigned long long)st.chunks_new,
 		 (unsigned long long)st.chunk_bytes_new, (unsigned long long)s.added, s.source,
 		 now_s() - t0);
