@@ -16,6 +16,7 @@
 #             mount); restic backs up the same changes made to its copy
 #   added     bytes the second snapshot added to each repository
 #   restore   full restore of the latest snapshot into an empty directory
+#   ttfb      drfs mount --snapshot, then the first byte of one file (drfs only)
 # restic 0.14 always encrypts (a password is required; no way to turn it
 # off), drfs does not: restic pays for AES on every byte.
 set -u
@@ -126,6 +127,16 @@ drfs_restore=$(echo "$t1 - $t0" | bc)
 # the restored trees must match their sources
 ok=$(diff -rq --no-dereference "$dir/backing" "$dir/drfs-out" 2>&1 | grep -v '\.drfs' | head -3)
 [ -z "$ok" ] || echo "WARNING: drfs restore differs: $ok"
+
+echo "== snapshot mount: time to first byte"
+mkdir -p "$dir/snapmnt"
+first_file=$(cd "$dir/backing" && find . -path ./.drfs -prune -o -type f -print | sed -n '1000p')
+drop; t0=$(now)
+"$drfs" mount --snapshot latest "$dir/backing" "$dir/snapmnt" && head -c 1 "$dir/snapmnt/$first_file" >/dev/null
+t1=$(now)
+ttfb=$(echo "$t1 - $t0" | bc)
+"$drfs" umount "$dir/snapmnt"
+echo "mount --snapshot and the first byte of $first_file: $ttfb s (cold cache)"
 
 ratio() { echo "scale=2; $1 / $2" | bc; }
 echo
