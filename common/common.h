@@ -29,6 +29,14 @@ void log_set_level(enum log_level level);
 void log_set_timestamps(bool on);
 void log_msg(enum log_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+/*
+ * For commands that end with one line: while ON, errors and warnings are not
+ * printed; the last error is kept (the outermost report of a failure, which
+ * names the most), and log_last_error() gives it ("see the log" when there
+ * was none) for that line.
+ */
+void log_capture_errors(bool on);
+const char *log_last_error(void);
 #define log_error(...) log_msg(LOG_LVL_ERROR, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_LVL_WARN, __VA_ARGS__)
 #define log_info(...) log_msg(LOG_LVL_INFO, __VA_ARGS__)

@@ -496,6 +496,7 @@ struct builder {
 	struct snap_build_stats st;
 	uint64_t files_changed;
 	char path[PATH_MAX];          /* the path being built, for messages */
+	char failed_at[PATH_MAX];     /* where the build failed, once reported */
 };
 
 /* A directory of the parent snapshot: its tree and what is under it. */
@@ -1136,8 +1137,11 @@ static int build_dir(struct builder *bd, int dirfd, uint64_t ino, size_t plen, s
 		memcpy(bd->path + plen + 1, name, nl + 1);
 		ret = build_entry(bd, dirfd, name, &st, plen + 1 + nl, &t.e[t.n - 1]);
 		if (ret) {
-			if (ret != -ENOMEM)
+			/* said once, where it happened (the levels above return the same) */
+			if (ret != -ENOMEM && !bd->failed_at[0]) {
+				snprintf(bd->failed_at, sizeof(bd->failed_at), "%s", bd->path);
 				log_error("snapshot: %s: %s", bd->path, strerror(-ret));
+			}
 			goto out;
 		}
 		bd->path[plen] = 0;

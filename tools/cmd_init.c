@@ -134,6 +134,7 @@ int cmd_init(int argc, char **argv)
 		goto out;
 	char msg[1024];
 	struct snapshot_request rq = { .tags = "init", .scan = true, .lsn = UINT64_MAX };
+	log_capture_errors(true);
 	if (backing_snapshot(&b, &rq, NULL, msg, sizeof(msg))) {
 		say_error("%s", msg);
 		ret = EXIT_FAIL;

@@ -121,8 +121,8 @@ int backing_snapshot(const struct backing *b, const struct snapshot_request *rq,
 		goto out;
 	}
 	if (ret) {
-		FAIL("cannot open the repository %s: %s (the log says which file)", repo_dir,
-		     strerror(-ret));
+		FAIL("cannot open the repository %s (%s): %s", repo_dir, strerror(-ret),
+		     log_last_error());
 		goto out;
 	}
 	bool have_parent = !rq->scan && snap_resolve(r, "latest", &parent) == 0;
@@ -143,7 +143,7 @@ int backing_snapshot(const struct backing *b, const struct snapshot_request *rq,
 	};
 	ret = snap_build(r, &sb, &s, &st);
 	if (ret) {
-		FAIL("snapshot of %s failed: %s (the log names the path)", b->path, strerror(-ret));
+		FAIL("snapshot of %s failed (%s): %s", b->path, strerror(-ret), log_last_error());
 		goto out;
 	}
 	char hex[65];
@@ -213,6 +213,8 @@ int cmd_snapshot(int argc, char **argv)
 	struct backing b;
 	struct mount_record rec;
 	int c, ret, lock_fd;
+
+	log_capture_errors(true);
 
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -343,8 +345,8 @@ int source_open(const char *src, struct repo **r, char **backing)
 	}
 	ret = repo_open(dir, false, r);
 	if (ret)
-		say_error("cannot open the repository %s: %s (see the message above)", dir,
-			  strerror(-ret));
+		say_error("cannot open the repository %s (%s): %s", dir, strerror(-ret),
+			  log_last_error());
 out:
 	free(dir);
 	if (ret && backing) {
@@ -397,6 +399,8 @@ int cmd_snapshots(int argc, char **argv)
 	size_t n;
 	int c, ret;
 
+	log_capture_errors(true);
+
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		switch (c) {
@@ -419,8 +423,8 @@ int cmd_snapshots(int argc, char **argv)
 		return EXIT_FAIL;
 	ret = snap_list(r, &s, &n);
 	if (ret) {
-		say_error("cannot list the snapshots in %s: %s (see the message above)", repo_dir(r),
-			  strerror(-ret));
+		say_error("cannot list the snapshots in %s (%s): %s", repo_dir(r), strerror(-ret),
+			  log_last_error());
 		repo_close(r);
 		return EXIT_FAIL;
 	}
@@ -584,6 +588,8 @@ int cmd_diff(int argc, char **argv)
 	struct diff_count dc = { 0 };
 	int ret;
 
+	log_capture_errors(true);
+
 	if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
 		fputs(diff_usage, stdout);
 		return EXIT_OK;
@@ -603,7 +609,7 @@ int cmd_diff(int argc, char **argv)
 	free(path);
 	repo_close(r);
 	if (ret) {
-		say_error("diff failed: %s (see the message above)", strerror(-ret));
+		say_error("diff failed (%s): %s", strerror(-ret), log_last_error());
 		return EXIT_FAIL;
 	}
 	fprintf(stderr, "%llu added, %llu removed, %llu changed\n", (unsigned long long)dc.added,
@@ -640,6 +646,8 @@ int cmd_restore(int argc, char **argv)
 	struct snap_info s;
 	struct restore_stats st;
 	int c, ret;
+
+	log_capture_errors(true);
 
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -698,8 +706,8 @@ int cmd_restore(int argc, char **argv)
 	ret = snap_restore(r, &s, target, &o, &st);
 	repo_close(r);
 	if (ret) {
-		say_error("restore into %s failed: %s (see the message above); what was written is left in place",
-			  target, strerror(-ret));
+		say_error("restore into %s failed (%s): %s; what was written is left in place",
+			  target, strerror(-ret), log_last_error());
 		return EXIT_FAIL;
 	}
 	char hex[65];

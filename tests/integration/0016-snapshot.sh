@@ -173,5 +173,13 @@ for id in $packs; do grep -q "$id" "$T/last.err" && named=$id; done
 check "the error names the damaged pack" [ -n "$named" ]
 check "the error names the chunk" grep -Eq 'chunk [0-9a-f]{64}' "$T/last.err"
 check "the error names the file" grep -q "$T/r-bad/" "$T/last.err"
+check_err "the error is one line: file, chunk, pack" "r-bad/.*chunk [0-9a-f]{64} \(pack [0-9a-f]{64}\)"
+
+# ---- a damaged index file is named in one line; nothing is read past it ----
+cp -a "$B/.drfs/repo" "$T/repo-copy"
+idx=$(ls "$T"/repo-copy/index/*.idx | head -1)
+printf 'X' | dd of="$idx" bs=1 seek=30 conv=notrunc status=none
+check_exit "a damaged index file stops the listing" 1 "$DRFS" snapshots "file://$T/repo-copy"
+check_err "one line naming the index file" "index file .*$(basename "$idx") is damaged"
 
 finish
