@@ -8,15 +8,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
+#include <time.h>
 
 #include "../common/common.h"
 #include "../journal/journal.h"
+#include "../store/store.h"
 #include "tools_i.h"
 
 static const char status_usage[] =
 	"usage: drfs status MOUNTPOINT|BACKING [--json]\n"
 	"\n"
-	"Show the backing directory, its state directory and whether it is mounted.\n"
+	"Show the backing directory, its state directory, whether it is mounted, the\n"
+	"journal and the snapshots (the latest, its age, journal bytes since).\n"
 	"\n"
 	"options:\n"
 	"  --json       machine-readable output\n"
@@ -87,6 +90,35 @@ int cmd_status(int argc, char **argv)
 	struct journal_stats js;
 	int jret = journal_status(b.state_dir, mounted ? rec.mountpoint : NULL, &js);
 
+	/* the snapshots: how many, the latest, and how far the journal is past it */
+	struct snap_info *snaps = NULL, *last = NULL;
+	size_t nsnaps = 0;
+	int sret = -ENOENT;
+	char *rdir = backing_repo_dir(&b);
+	struct repo *repo;
+	if (rdir && repo_exists(rdir)) {
+		log_capture_errors(true);
+		sret = repo_open(rdir, false, &repo);
+		if (!sret) {
+			sret = snap_list(repo, &snaps, &nsnaps);
+			repo_close(repo);
+		}
+		if (!sret && nsnaps)
+			last = &snaps[nsnaps - 1];
+	}
+	char last_hex[65] = "", last_when[32] = "";
+	double age = 0;
+	if (last) {
+		struct timespec now;
+		time_t t = (time_t)(last->time_ns / 1000000000);
+		struct tm tm;
+		store_id_hex(&last->id, last_hex);
+		gmtime_r(&t, &tm);
+		strftime(last_when, sizeof(last_when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		clock_gettime(CLOCK_REALTIME, &now);
+		age = (now.tv_sec * 1e9 + now.tv_nsec - (double)last->time_ns) / 1e9;
+	}
+
 	if (json) {
 		printf("{\"backing\":");
 		json_str(b.path);
@@ -106,6 +138,13 @@ int cmd_status(int argc, char **argv)
 			       (unsigned long long)js.head_lsn, (unsigned long long)js.durable_lsn,
 			       (unsigned long long)js.checkpoint_lsn, (unsigned long long)js.segments,
 			       (unsigned long long)js.segment_bytes, js.error ? "true" : "false");
+		if (last)
+			printf(",\"snapshots\":{\"count\":%zu,\"latest\":\"%s\",\"latest_time\":\"%s\","
+			       "\"latest_age_seconds\":%.0f,\"latest_lsn\":%llu,\"journal_bytes_since\":%llu}",
+			       nsnaps, last_hex, last_when, age, (unsigned long long)last->lsn,
+			       (unsigned long long)(!jret && js.head_lsn > last->lsn ? js.head_lsn - last->lsn : 0));
+		else if (sret && sret != -ENOENT)
+			printf(",\"snapshots\":{\"error\":\"%s\"}", strerror(-sret));
 		printf(",\"disk_bytes\":%llu,\"disk_free_bytes\":%llu}\n", total, avail);
 	} else {
 		printf("backing:     %s\n", b.path);
@@ -129,7 +168,17 @@ int cmd_status(int argc, char **argv)
 			       (unsigned long long)(js.head_lsn - js.durable_lsn),
 			       (unsigned long long)js.checkpoint_lsn, (unsigned long long)js.segments,
 			       js.segment_bytes / 1048576.0, js.error ? "; FAILED, see the log" : "");
+		if (last)
+			printf("snapshots:   %zu; latest %.16s at %s (%.0f s ago), LSN %llu; %llu journal bytes since\n",
+			       nsnaps, last_hex, last_when, age, (unsigned long long)last->lsn,
+			       (unsigned long long)(!jret && js.head_lsn > last->lsn ? js.head_lsn - last->lsn : 0));
+		else if (sret == -ENOENT || !nsnaps)
+			printf("snapshots:   none yet (one is taken at init, at unmount and by 'drfs snapshot')\n");
+		else
+			printf("snapshots:   repository unreadable: %s\n", log_last_error());
 	}
+	free(snaps);
+	free(rdir);
 	mount_record_release(&rec);
 	backing_release(&b);
 	return EXIT_OK;

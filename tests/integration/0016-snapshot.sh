@@ -144,6 +144,13 @@ umount_drfs "$M"
 check_exit "bad snapshot_interval" 2 "$DRFS" mount "$B" "$M" -o snapshot_interval=0
 check_err "bad snapshot_interval names the option" "snapshot_interval=0"
 
+# ---- status tells the latest snapshot ----
+st_count=$("$DRFS" status "$B" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["snapshots"]["count"])')
+check_eq "status --json counts the snapshots" "$(count_snaps "$B")" "$st_count"
+check_eq "status --json names the latest" "$(last_field "$B" id)" \
+	"$("$DRFS" status "$B" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["snapshots"]["latest"])')"
+check "status shows the snapshots line" eval "\"$DRFS\" status \"$B\" | grep -q '^snapshots:   [0-9]*; latest '"
+
 # ---- diff ----
 first=$("$DRFS" snapshots "$B" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"][:16])')
 "$DRFS" diff "$B" "$first" latest >"$T/diff.out" 2>"$T/diff.err"
