@@ -132,16 +132,8 @@ int cmd_init(int argc, char **argv)
 	ret = backing_load(backing, &b);
 	if (ret)
 		goto out;
-	char msg[1024];
 	struct snapshot_request rq = { .tags = "init", .scan = true, .lsn = UINT64_MAX };
-	log_capture_errors(true);
-	if (backing_snapshot(&b, &rq, NULL, msg, sizeof(msg))) {
-		say_error("%s", msg);
-		ret = EXIT_FAIL;
-	} else {
-		puts(msg);
-		ret = EXIT_OK;
-	}
+	ret = backing_snapshot_say(&b, &rq);
 	backing_release(&b);
 out:
 	if (dirfd >= 0)

@@ -364,10 +364,11 @@ static void notify_parent(int fd, bool ok)
 
 /*
  * The absolute path of MNT_ARG when it can be mounted on: an existing
- * directory that is not a mount point.  NULL after a one-line message.
- * The caller frees.
+ * directory that is not a mount point, not inside BACKING (may be NULL; the
+ * next snapshot would walk into it; BACKING itself only when SAME_OK), with
+ * /dev/fuse usable.  NULL after a one-line message.  The caller frees.
  */
-static char *mountpoint_check(const char *mnt_arg)
+static char *mountpoint_check(const char *mnt_arg, const char *backing, bool same_ok)
 {
 	struct stat st;
 	char *fstype = NULL, *mnt = path_absolute(mnt_arg);
@@ -389,6 +390,20 @@ static char *mountpoint_check(const char *mnt_arg)
 			  mnt, fstype ? fstype : "unknown type");
 		goto fail;
 	}
+	size_t bl = backing ? strlen(backing) : 0;
+	if (backing && !strncmp(mnt, backing, bl) && (mnt[bl] == '/' || backing[bl - 1] == '/' ||
+						     (!mnt[bl] && !same_ok))) {
+		say_error("mountpoint %s lies inside the backing directory %s; choose a directory outside it",
+			  mnt, backing);
+		goto fail;
+	}
+	int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		say_error("cannot open /dev/fuse: %s; install fuse3 and load the module (modprobe fuse)",
+			  strerror(errno));
+		goto fail;
+	}
+	close(fd);
 	free(fstype);
 	return mnt;
 fail:
@@ -424,7 +439,7 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	struct mount_record rec;
 	char *mnt = NULL, *lock_path = NULL, *log_path = NULL, *fstype = NULL, *journal_dir = NULL;
 	char stats[64];
-	int ret, lock_fd = -1, notify_fd = -1, fd;
+	int ret, lock_fd = -1, notify_fd = -1;
 
 	if (o->remount) {
 		char all[1300];
@@ -435,22 +450,9 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	if (ret)
 		return ret;
 	ret = EXIT_FAIL;
-	mnt = mountpoint_check(mnt_arg);
+	mnt = mountpoint_check(mnt_arg, b.path, true);
 	if (!mnt)
 		goto out;
-	size_t bl = strlen(b.path);
-	if (strcmp(mnt, b.path) && !strncmp(mnt, b.path, bl) && (b.path[bl - 1] == '/' || mnt[bl] == '/')) {
-		say_error("mountpoint %s lies inside the backing directory %s; choose a directory outside it",
-			  mnt, b.path);
-		goto out;
-	}
-	fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
-	if (fd < 0) {
-		say_error("cannot open /dev/fuse: %s; install fuse3 and load the module (modprobe fuse)",
-			  strerror(errno));
-		goto out;
-	}
-	close(fd);
 
 	lock_path = path_join(b.state_dir, "lock");
 	lock_fd = lock_path ? open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600) : -1;
@@ -665,7 +667,7 @@ static int do_snapshot_mount(const char *spec, const char *source, const char *m
 	struct snap_info s;
 	char *mnt = NULL, *backing = NULL, *fstype = NULL;
 	const char *bad = snapmount_refused(o);
-	int ret = EXIT_FAIL, fd;
+	int ret = EXIT_FAIL;
 
 	if (bad) {
 		say_error("mount option '%s' is for a writable mount; a --snapshot mount is read-only (see 'drfs mount --help')",
@@ -678,23 +680,10 @@ static int do_snapshot_mount(const char *spec, const char *source, const char *m
 	if (ret)
 		goto out;
 	ret = EXIT_FAIL;
-	mnt = mountpoint_check(mnt_arg);
+	mnt = mountpoint_check(mnt_arg, backing, false);
 	if (!mnt)
 		goto out;
 	/* inside the backing, the next snapshot's scan would descend into it */
-	size_t bl = backing ? strlen(backing) : 0;
-	if (backing && !strncmp(mnt, backing, bl) && (mnt[bl] == '/' || !mnt[bl] || backing[bl - 1] == '/')) {
-		say_error("mountpoint %s lies inside the backing directory %s; choose a directory outside it",
-			  mnt, backing);
-		goto out;
-	}
-	fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
-	if (fd < 0) {
-		say_error("cannot open /dev/fuse: %s; install fuse3 and load the module (modprobe fuse)",
-			  strerror(errno));
-		goto out;
-	}
-	close(fd);
 
 	store_id_hex(&s.id, run.id);
 	run.mnt = mnt;

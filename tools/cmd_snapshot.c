@@ -168,6 +168,19 @@ out:
 	return ret;
 }
 
+int backing_snapshot_say(const struct backing *b, const struct snapshot_request *rq)
+{
+	char msg[1024];
+
+	log_capture_errors(true);
+	if (backing_snapshot(b, rq, NULL, msg, sizeof(msg))) {
+		say_error("%s", msg);
+		return EXIT_FAIL;
+	}
+	puts(msg);
+	return EXIT_OK;
+}
+
 int backing_last_snapshot_lsn(const struct backing *b, uint64_t *lsn)
 {
 	char *dir = backing_repo_dir(b);
@@ -285,15 +298,8 @@ int cmd_snapshot(int argc, char **argv)
 		ret = EXIT_FAIL;
 		goto out;
 	}
-	char msg[1024];
 	struct snapshot_request rq = { .tags = tags, .scan = scan, .lsn = UINT64_MAX };
-	if (backing_snapshot(&b, &rq, NULL, msg, sizeof(msg))) {
-		say_error("%s", msg);
-		ret = EXIT_FAIL;
-	} else {
-		puts(msg);
-		ret = EXIT_OK;
-	}
+	ret = backing_snapshot_say(&b, &rq);
 out:
 	if (lock_fd >= 0)
 		close(lock_fd);

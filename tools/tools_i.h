@@ -114,6 +114,8 @@ int source_open(const char *src, struct repo **r, char **backing);
 /* snap_resolve() with a one-line message on failure.  0 or -errno. */
 int source_resolve(struct repo *r, const char *spec, struct snap_info *s);
 
+/* backing_snapshot() from a command: its line on stdout, or the failure on stderr.  An exit code. */
+int backing_snapshot_say(const struct backing *b, const struct snapshot_request *rq);
 /* The LSN of the latest snapshot of B.  0 or -ENOENT (none). */
 int backing_last_snapshot_lsn(const struct backing *b, uint64_t *lsn);
 
