@@ -1065,7 +1065,8 @@ static int build_dir(struct builder *bd, int dirfd, uint64_t ino, size_t plen, s
 			bd->st.files += od->files;
 			bd->st.dirs += od->dirs;
 			bd->st.bytes += od->bytes;
-			bd->st.dirs_skipped += od->dirs + 1;
+			/* (the root is not counted in dirs) */
+			bd->st.dirs_skipped += od->dirs + (ino == bd->root_ino ? 0 : 1);
 			return 0;
 		}
 	}

@@ -462,15 +462,20 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	}
 	/*
 	 * A daemon whose filesystem was just unmounted still holds the lock
-	 * while it finishes; a mount right after an umount waits for it.
+	 * while it finishes (its snapshot at unmount can take a while; so can
+	 * a 'drfs snapshot' of the unmounted backing); a mount right after
+	 * waits for it, up to 10 minutes.
 	 */
-	for (int i = 0; i < 200 && flock(lock_fd, LOCK_EX | LOCK_NB) < 0; i++) {
+	for (int i = 0; i < 12000 && flock(lock_fd, LOCK_EX | LOCK_NB) < 0; i++) {
 		/* No record, or its mount point no longer mounted: the holder is ending. */
 		bool finishing = mount_record_read(b.state_dir, &rec) != 0 || !rec.mountpoint ||
 				 !is_mount_point(rec.mountpoint, NULL);
 		mount_record_release(&rec);
 		if (!finishing)
 			break;
+		if (i == 40)
+			fprintf(stderr, "drfs: waiting for the drfs that holds %s to finish (a snapshot at unmount, or 'drfs snapshot')\n",
+				b.state_dir);
 		usleep(50000);
 	}
 	if (flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
@@ -554,8 +559,10 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	/* the tree is quiet and the journal closed: the snapshot at unmount */
 	if (ret == EXIT_OK && o->snapshot_at_umount) {
 		char msg[1024];
-		struct snapshot_request rq = { .tags = "umount", .lsn = UINT64_MAX };
-		if (backing_snapshot(&b, &rq, NULL, msg, sizeof(msg)))
+		struct snapshot_request rq = { .tags = "umount", .lsn = UINT64_MAX,
+					       .only_if_changed = true };
+		int sret = backing_snapshot(&b, &rq, NULL, msg, sizeof(msg));
+		if (sret < 0)
 			log_error("no snapshot at unmount: %s", msg);
 		else
 			log_info("at unmount: %s", msg);

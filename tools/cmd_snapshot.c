@@ -126,6 +126,14 @@ int backing_snapshot(const struct backing *b, const struct snapshot_request *rq,
 		goto out;
 	}
 	bool have_parent = !rq->scan && snap_resolve(r, "latest", &parent) == 0;
+	if (have_parent && rq->only_if_changed && parent.lsn == lsn) {
+		char hex[65];
+		store_id_hex(&parent.id, hex);
+		snprintf(msg, msglen, "no change since snapshot %.16s (LSN %llu); none taken", hex,
+			 (unsigned long long)lsn);
+		ret = 1;
+		goto out;
+	}
 	fd = open(b->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0) {
 		ret = -errno;

@@ -76,13 +76,15 @@ struct snapshot_request {
 	const char *tags;             /* may be NULL */
 	bool scan;                    /* read the whole tree, not the journal range */
 	uint64_t lsn;                 /* the LSN the tree is at; UINT64_MAX: a closed journal's end */
+	bool only_if_changed;         /* none when the latest snapshot is at that LSN (returns 1) */
 };
 /*
  * Takes a snapshot of the backing B, which nothing may change meanwhile
  * (the caller holds STATE/lock, or has frozen the mount): from the latest
  * snapshot and the journal since, or by reading the whole tree.  MSG gets
  * the one-line summary, or on failure what went wrong and what to do.
- * *OUT (may be NULL) gets the snapshot.  0 or -errno.
+ * *OUT (may be NULL) gets the snapshot.  0, 1 (RQ->only_if_changed and
+ * nothing changed: MSG says so) or -errno.
  */
 int backing_snapshot(const struct backing *b, const struct snapshot_request *rq,
 		     struct snap_info *out, char *msg, size_t msglen);

@@ -131,6 +131,7 @@ done
 touch "$T/stop"; wait "$writer"
 check_eq "three live snapshots, each with its verify scan" $((n_before + 6)) "$(count_snaps "$B")"
 check_exit "snapshot --scan of a mounted backing is refused" 2 "$DRFS" snapshot "$M" --scan
+echo after >"$M/after-live"
 umount_drfs "$M"
 check_eq "the snapshot at unmount follows the live ones" journal "$(last_field "$B" source)"
 
@@ -143,6 +144,13 @@ check "snapshot_interval=1 took a snapshot after a change" [ "$(count_snaps "$B"
 umount_drfs "$M"
 check_exit "bad snapshot_interval" 2 "$DRFS" mount "$B" "$M" -o snapshot_interval=0
 check_err "bad snapshot_interval names the option" "snapshot_interval=0"
+
+# ---- an unmount with nothing changed takes no snapshot ----
+n_before=$(count_snaps "$B")
+mount_drfs "$B" "$M"
+umount_drfs "$M"
+check_eq "no change, no snapshot at unmount" "$n_before" "$(count_snaps "$B")"
+check "the log says why" grep -q 'at unmount: no change since snapshot' "$B/.drfs/drfs.log"
 
 # ---- status tells the latest snapshot ----
 st_count=$("$DRFS" status "$B" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["snapshots"]["count"])')
