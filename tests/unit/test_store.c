@@ -733,7 +733,7 @@ static void test_chunker_resync(void **state)
 	free(b);
 }
 
-#if !defined(TEST_STORE_NO_BUILD) && __has_include("store_build_tests.inc")
+#if !defined(TEST_STORE_NO_BUILD)
 #include "store_build_tests.inc"
 #endif
 
@@ -757,7 +757,7 @@ int main(void)
 	int failed = cmocka_run_group_tests_name("store", tests, NULL, NULL);
 #ifdef STORE_BUILD_TESTS
 	const struct CMUnitTest build_tests[] = { STORE_BUILD_TESTS };
-	failed += cmocka_run_group_tests_name("store-build", build_tests, NULL, NULL);
+	failed += cmocka_run_group_tests_name("store-build", build_tests, NULL, build_group_teardown);
 #endif
 	return failed ? 1 : 0;
 }
