@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -218,7 +219,16 @@ int snapctl_start(const struct backing *b, struct drfs_fs *fs, unsigned interval
 		ret = -errno;
 		goto out_sock;
 	}
+	/*
+	 * The daemon takes its stop signals in one thread (fs_serve's
+	 * sigtimedwait); this thread, and the builder's threads it starts, must
+	 * not be where the kernel delivers them.
+	 */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
 	ret = -pthread_create(&c->thread, NULL, snapctl_thread, c);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (ret)
 		goto out_pipe;
 	*out = c;

@@ -7,7 +7,8 @@ mount_drfs "$B" "$M"
 
 printf 'hello\n' >"$M/file"
 check_eq "read back" hello "$(cat "$M/file")"
-sync "$M/file"   # written data reaches the backing file once its journal record is durable
+sync "$M/file"   # durable in the journal; the applier writes it to the backing file right after
+for _ in $(seq 1 50); do [ "$(cat "$B/file")" = hello ] && break; sleep 0.1; done
 check_eq "written through to the backing tree" hello "$(cat "$B/file")"
 mkdir -p "$M/a/b/c"
 check "nested directories" [ -d "$B/a/b/c" ]
