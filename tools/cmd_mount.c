@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -561,6 +562,13 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 		char msg[1024];
 		struct snapshot_request rq = { .tags = "umount", .lsn = UINT64_MAX,
 					       .only_if_changed = true };
+		/* a stop signal now waits for the snapshot (the process ends right after) */
+		sigset_t stop;
+		sigemptyset(&stop);
+		sigaddset(&stop, SIGTERM);
+		sigaddset(&stop, SIGINT);
+		sigaddset(&stop, SIGHUP);
+		pthread_sigmask(SIG_BLOCK, &stop, NULL);
 		int sret = backing_snapshot(&b, &rq, NULL, msg, sizeof(msg));
 		if (sret < 0)
 			log_error("no snapshot at unmount: %s", msg);
