@@ -60,6 +60,8 @@ bool opt_next(const char **cursor, char *buf, char **key, char **value);
 
 /* Parses a non-negative decimal with an optional K/M/G/T suffix (powers of 1024). */
 int parse_size(const char *s, uint64_t *out);
+/* Parses a duration: seconds, or a number with s, m, h or d.  0 or -EINVAL/-ERANGE. */
+int parse_duration(const char *s, uint64_t *secs);
 
 /*
  * Key/value files ("key=value" lines, '#' comments), used for drfs.conf.

@@ -93,18 +93,25 @@ bool opt_next(const char **cursor, char *buf, char **key, char **value)
 	return true;
 }
 
+/* The decimal number S starts with (*V) and where it ends (*END).  0 or -errno. */
+static int leading_number(const char *s, unsigned long long *v, char **end)
+{
+	if (!s || !isdigit((unsigned char)*s))
+		return -EINVAL;
+	errno = 0;
+	*v = strtoull(s, end, 10);
+	return errno ? -errno : 0;
+}
+
 int parse_size(const char *s, uint64_t *out)
 {
 	char *end;
 	unsigned long long v;
 	int shift = 0;
 
-	if (!s || !isdigit((unsigned char)*s))
-		return -EINVAL;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno)
-		return -errno;
+	int ret = leading_number(s, &v, &end);
+	if (ret)
+		return ret;
 	switch (toupper((unsigned char)*end)) {
 	case '\0': break;
 	case 'K': shift = 10; end++; break;
@@ -122,6 +129,31 @@ int parse_size(const char *s, uint64_t *out)
 	if (shift && v > (UINT64_MAX >> shift))
 		return -ERANGE;
 	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+int parse_duration(const char *s, uint64_t *secs)
+{
+	char *end;
+	unsigned long long v;
+	uint64_t unit = 1;
+
+	int ret = leading_number(s, &v, &end);
+	if (ret)
+		return ret;
+	switch (*end) {
+	case '\0': break;
+	case 's': end++; break;
+	case 'm': unit = 60; end++; break;
+	case 'h': unit = 3600; end++; break;
+	case 'd': unit = 86400; end++; break;
+	default: return -EINVAL;
+	}
+	if (*end)
+		return -EINVAL;
+	if (v > UINT64_MAX / unit)
+		return -ERANGE;
+	*secs = v * unit;
 	return 0;
 }
 

@@ -33,7 +33,7 @@ struct fs_config {
 	bool journal_truncate;    /* replay up to damage even when valid records follow */
 	bool full_replay;         /* replay namespace records too, as after a machine restart */
 	unsigned int fail_flush_at; /* test aid: the Nth journal flush fails (0: never) */
-	uint64_t journal_hold_lsn;  /* keep the journal from this LSN (the latest snapshot's); UINT64_MAX: none */
+	uint64_t journal_hold_lsn;  /* keep the journal from this LSN (snapshots, retention); UINT64_MAX: none */
 };
 
 /*
@@ -57,8 +57,11 @@ void fs_close(struct drfs_fs *fs);
  */
 int fs_freeze(struct drfs_fs *fs, uint64_t *lsn);
 void fs_thaw(struct drfs_fs *fs);
-/* A snapshot at LSN exists: the journal before it need not be kept for the next one. */
-void fs_snapshot_taken(struct drfs_fs *fs, uint64_t lsn);
+/*
+ * The journal before LSN is no longer needed by snapshots or point-in-time
+ * restores: it may be recycled once checkpointed.
+ */
+void fs_journal_keep_from(struct drfs_fs *fs, uint64_t lsn);
 
 /*
  * The snapshot mount (fs/snapshot.c): snapshot S of repository R served

@@ -337,7 +337,7 @@ void fs_thaw(struct drfs_fs *fs)
 	pthread_rwlock_unlock(&fs->freeze);
 }
 
-void fs_snapshot_taken(struct drfs_fs *fs, uint64_t lsn)
+void fs_journal_keep_from(struct drfs_fs *fs, uint64_t lsn)
 {
 	if (!fs->journal)
 		return;

@@ -301,4 +301,32 @@ void chunk_cache_free(struct chunk_cache *c);
 ssize_t snap_read_file(struct repo *r, struct chunk_cache *c, const struct tree_entry *e,
 		       void *buf, size_t len, uint64_t offset);
 
+/* ---- point-in-time restore (pitr.c) ---- */
+
+struct snap_replay_stats {
+	uint64_t applied, skipped;    /* records applied; skipped (aborted, or for unlinked objects) */
+	uint64_t last_lsn;            /* the LSN just past the last record replayed */
+	int64_t last_time_ns;         /* when that record was made; 0: none replayed */
+	uint64_t journal_end;         /* where the kept journal ends */
+	bool more;                    /* the journal holds records made after the time asked for */
+	char why[768];                /* why it failed, or why the journal cannot be used */
+	char stop[256];               /* the journal ends at damage (not a clean end) before the time asked for: why */
+};
+/*
+ * Replays onto TARGET, where snapshot S of R has just been restored, the
+ * records of the journal in JOURNAL_DIR from S->lsn on that were made at
+ * or before UNTIL_NS (docs/snapshot-design.md "Point-in-time restore").
+ * Returns 0; 1 when the journal does not reach back to S->lsn (ST->why);
+ * or -errno when a record cannot be applied (ST->why names it; TARGET
+ * keeps what was applied before it).
+ */
+int snap_replay(struct repo *r, const struct snap_info *s, const char *journal_dir,
+		int64_t until_ns, const char *target, struct snap_replay_stats *st);
+/*
+ * Whether the journal in JOURNAL_DIR holds the log from FROM on (checked
+ * before a restore that would need it).  0; 1 when not (WHY says why);
+ * -errno when it cannot be read (WHY too).
+ */
+int snap_replay_check(const char *journal_dir, uint64_t from, char *why, size_t len);
+
 #endif /* DRFS_STORE_H */

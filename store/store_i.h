@@ -21,6 +21,24 @@ static inline int store_pread(int fd, void *buf, size_t len, off_t off)
 /* The largest chunk_max a repository may use (docs/format.md "config"). */
 #define CHUNK_MAX_LIMIT (4u << 20)
 
+/* ---- a map from inode number to a pointer (imap.c) ---- */
+
+struct imap_slot {
+	uint64_t ino;                 /* 0: empty (no file has inode 0) */
+	void *val;
+};
+struct imap {
+	struct imap_slot *s;
+	size_t cap, n;
+};
+/*
+ * The value slot of INO, made (NULL-valued) when CREATE and missing.  NULL
+ * when absent (or out of memory while making it).  Free M->s when done.
+ */
+void **imap_slot(struct imap *m, uint64_t ino, bool create);
+/* The value of INO, or NULL. */
+void *imap_get(struct imap *m, uint64_t ino);
+
 /* ---- packs and index files (pack.c; docs/format.md "Pack", "Index") ---- */
 
 /*

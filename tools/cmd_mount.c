@@ -9,6 +9,7 @@
  * kernel mount happens before the daemon detaches, so every failure is
  * reported on the caller's terminal with a non-zero exit.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -54,7 +55,13 @@ static const char mount_usage[] =
 	"                       otherwise and says where the damage is)\n"
 	"  -o snapshot_interval=SECONDS\n"
 	"                       take a snapshot that often while mounted, when anything\n"
-	"                       changed (changes wait while the touched data is read)\n"
+	"                       changed (changes wait while the touched data is read);\n"
+	"                       default 600, 0 for none\n"
+	"  -o journal_retention=DURATION\n"
+	"                       keep the journal so that every moment of the last\n"
+	"                       DURATION (seconds, or with s, m, h, d) can be restored\n"
+	"                       with 'drfs restore BACKING @TIME'; default 1h, 0 keeps\n"
+	"                       only what the next snapshot needs\n"
 	"  -o nosnapshot        no snapshot at unmount (by default a clean unmount takes\n"
 	"                       one into STATE/repo, from the journal since the last)\n"
 	"  -f                   stay in the foreground, log to stderr\n"
@@ -84,7 +91,8 @@ struct mount_opts {
 	unsigned int flush_interval;
 	bool journal_truncate;
 	bool snapshot_at_umount;  /* take a snapshot after a clean unmount (default; -o nosnapshot) */
-	unsigned int snapshot_interval; /* seconds between live snapshots; 0: none */
+	long snapshot_interval;   /* seconds between live snapshots; 0: none; -1: not given */
+	long long journal_retention; /* seconds of journal kept for @TIME restores; -1: not given */
 	bool debug;
 	bool foreground;
 	bool remount;        /* -o remount: change the flags of a mounted drfs */
@@ -171,12 +179,20 @@ static int parse_opts(const char *arg, struct mount_opts *o)
 		} else if (!strcmp(key, "snapshot_interval") && value) {
 			char *end;
 			unsigned long n = strtoul(value, &end, 10);
-			if (*end || n < 1 || n > 31 * 86400) {
-				say_error("mount option snapshot_interval=%s: give seconds from 1 to 2678400", value);
+			if (*end || !isdigit((unsigned char)*value) || n > 31 * 86400) {
+				say_error("mount option snapshot_interval=%s: give seconds from 0 (none) to 2678400", value);
 				ret = EXIT_USAGE;
 				break;
 			}
-			o->snapshot_interval = (unsigned int)n;
+			o->snapshot_interval = (long)n;
+		} else if (!strcmp(key, "journal_retention") && value) {
+			uint64_t secs;
+			if (parse_duration(value, &secs) || secs > 366 * 86400ull) {
+				say_error("mount option journal_retention=%s: give a duration up to 366d (seconds, or 30m, 1h, 7d)", value);
+				ret = EXIT_USAGE;
+				break;
+			}
+			o->journal_retention = (long long)secs;
 		} else if (!strcmp(key, "replica")) {
 			say_error("mount option '%s' is not part of this version yet; mount without it", key);
 			ret = EXIT_USAGE;
@@ -523,8 +539,13 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	/* a test aid: the Nth journal flush fails */
 	const char *failn = getenv("DRFS_JOURNAL_FAIL_FLUSH");
 	cfg.fail_flush_at = failn ? (unsigned int)strtoul(failn, NULL, 10) : 0;
-	uint64_t hold;
-	cfg.journal_hold_lsn = backing_last_snapshot_lsn(&b, &hold) == 0 ? hold : UINT64_MAX;
+	uint64_t hold, latest = 0;
+	uint64_t retention = o->journal_retention >= 0 ? (uint64_t)o->journal_retention
+						       : JOURNAL_RETENTION_DEFAULT;
+	unsigned interval = o->snapshot_interval >= 0 ? (unsigned)o->snapshot_interval
+						      : SNAPSHOT_INTERVAL_DEFAULT;
+	cfg.journal_hold_lsn = backing_hold_lsn(&b, retention, &hold, &latest) == 0 ? hold
+										    : UINT64_MAX;
 	if (fs_open(&cfg, &fs)) {
 		say_error("mounting %s on %s failed; see the message above", b.path, mnt);
 		goto out;
@@ -548,7 +569,7 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	notify_parent(notify_fd, true);
 	notify_fd = -1;
 	struct snapctl *ctl = NULL;
-	if (snapctl_start(&b, fs, o->snapshot_interval,
+	if (snapctl_start(&b, fs, interval, retention, latest,
 			  cfg.journal_hold_lsn == UINT64_MAX ? 0 : cfg.journal_hold_lsn, &ctl))
 		log_warn("snapshots of the live mount are off (see above); one is still taken at unmount");
 	ret = fs_serve(fs) ? EXIT_FAIL : EXIT_OK;
@@ -666,8 +687,10 @@ static const char *snapmount_refused(const struct mount_opts *o)
 		return "journal_truncate";
 	if (o->flush_interval)
 		return "flush_interval";
-	if (o->snapshot_interval)
+	if (o->snapshot_interval >= 0)
 		return "snapshot_interval";
+	if (o->journal_retention >= 0)
+		return "journal_retention";
 	if (o->max_threads)
 		return "max_threads";
 	return NULL;
@@ -701,6 +724,13 @@ static int do_snapshot_mount(const char *spec, const char *source, const char *m
 	/* inside the backing, the next snapshot's scan would descend into it */
 
 	store_id_hex(&s.id, run.id);
+	if (spec[0] == '@') {
+		time_t t = (time_t)(s.time_ns / 1000000000);
+		char when[40];
+		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+		fprintf(stderr, "drfs: showing snapshot %.16s of %s, the newest at or before %s; 'drfs restore %s %s DIR' also replays the journal up to that time\n",
+			run.id, when, spec + 1, o->source ? o->source : source, spec);
+	}
 	run.mnt = mnt;
 	run.repo = repo_dir(r);
 	mount_record_run_path(mnt, run.record, sizeof(run.record));
@@ -742,7 +772,7 @@ int cmd_mount(int argc, char **argv)
 		{ "snapshot", required_argument, NULL, 'S' },
 		{ 0 },
 	};
-	struct mount_opts o = { .snapshot_at_umount = true };
+	struct mount_opts o = { .snapshot_at_umount = true, .snapshot_interval = -1, .journal_retention = -1 };
 	const char *snapshot = NULL;
 	int c, ret;
 
@@ -804,7 +834,7 @@ int cmd_mount_helper(int argc, char **argv)
 {
 	const char *base = strrchr(argv[0], '/');
 	bool helper = !strncmp(base ? base + 1 : argv[0], "mount.", 6);
-	struct mount_opts o = { .snapshot_at_umount = true };
+	struct mount_opts o = { .snapshot_at_umount = true, .snapshot_interval = -1, .journal_retention = -1 };
 	const char *pos[2] = { NULL, NULL };
 	int npos = 0, ret = EXIT_OK;
 	bool fake = false;

@@ -189,17 +189,36 @@ int backing_snapshot_say(const struct backing *b, const struct snapshot_request 
 	return EXIT_OK;
 }
 
-int backing_last_snapshot_lsn(const struct backing *b, uint64_t *lsn)
+int backing_hold_lsn(const struct backing *b, uint64_t retention_s, uint64_t *hold,
+		     uint64_t *latest)
 {
 	char *dir = backing_repo_dir(b);
 	struct repo *r;
-	struct snap_info s;
+	struct snap_info *s;
+	size_t n;
 	int ret = -ENOENT;
 
 	if (dir && repo_exists(dir) && repo_open(dir, false, &r) == 0) {
-		ret = snap_resolve(r, "latest", &s);
-		if (!ret)
-			*lsn = s.lsn;
+		ret = snap_list(r, &s, &n);
+		if (!ret && !n)
+			ret = -ENOENT;
+		if (!ret) {
+			struct timespec now;
+			clock_gettime(CLOCK_REALTIME, &now);
+			int64_t edge = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec -
+				       (int64_t)retention_s * 1000000000;
+			/* the newest snapshot at or before the window's start: @TIME's base */
+			size_t base = 0;
+			for (size_t i = 0; i < n; i++)
+				if (s[i].time_ns <= edge)
+					base = i;
+			*latest = s[n - 1].lsn;
+			*hold = retention_s ? s[base].lsn : s[n - 1].lsn;
+			for (size_t i = base; retention_s && i < n; i++)
+				if (s[i].lsn < *hold)
+					*hold = s[i].lsn;
+			free(s);
+		}
 		repo_close(r);
 	}
 	free(dir);
@@ -385,6 +404,22 @@ int source_resolve(struct repo *r, const char *spec, struct snap_info *s)
 	else if (ret)
 		say_error("cannot read the snapshots of %s: %s", repo_dir(r), strerror(-ret));
 	return ret;
+}
+
+char *source_journal_dir(struct repo *r)
+{
+	char *top = strdup(repo_dir(r)), *slash, *dir = NULL;
+
+	if (top && (slash = strrchr(top, '/'))) {
+		*slash = 0;
+		dir = path_join(*top ? top : "/", "journal");
+		if (dir && !journal_exists(dir)) {
+			free(dir);
+			dir = NULL;
+		}
+	}
+	free(top);
+	return dir;
 }
 
 /* ---- drfs snapshots ---- */
@@ -638,8 +673,10 @@ static const char restore_usage[] =
 	"\n"
 	"Write the tree of a snapshot into TARGET_DIR with every attribute: mode,\n"
 	"owner, mtime, xattrs and ACLs, hard links, symlinks, special files and holes.\n"
-	"@TIME takes the newest snapshot at or before TIME (2026-11-28T17:05:00Z or\n"
-	"seconds since the epoch).  TARGET_DIR must be empty or absent.\n"
+	"@TIME is point-in-time (TIME as 2026-11-28T17:05:00Z or seconds since the\n"
+	"epoch): the newest snapshot at or before TIME, then the journal after it\n"
+	"replayed up to TIME; the journal must still hold that stretch (mount option\n"
+	"journal_retention, default 1h).  TARGET_DIR must be empty or absent.\n"
 	"\n"
 	"options:\n"
 	"  --force       restore into a directory that is not empty\n"
@@ -715,21 +752,71 @@ int cmd_restore(int argc, char **argv)
 		repo_close(r);
 		return EXIT_FAIL;
 	}
+	char hex[65], when[40];
+	store_id_hex(&s.id, hex);
+	format_time(s.time_ns, when, sizeof(when));
+	/* @TIME: the journal after the snapshot must be there before anything is written */
+	const char *spec = argv[optind + 1];
+	char *jdir = NULL;
+	int64_t until = 0;
+	if (spec[0] == '@') {
+		char why[512];
+		snap_parse_time(spec + 1, &until);
+		jdir = source_journal_dir(r);
+		ret = jdir ? snap_replay_check(jdir, s.lsn, why, sizeof(why)) : 1;
+		if (!jdir)
+			snprintf(why, sizeof(why), "%s keeps no journal", argv[optind]);
+		if (ret) {
+			say_error("cannot restore the state at %s: %s; the newest state before it that can be restored is snapshot %.16s of %s ('drfs restore %s %.16s %s')",
+				  spec + 1, why, hex, when, argv[optind], hex, target);
+			free(jdir);
+			repo_close(r);
+			return EXIT_FAIL;
+		}
+	}
 	double t0 = now_s();
 	struct restore_opts o = { .threads = threads };
 	ret = snap_restore(r, &s, target, &o, &st);
-	repo_close(r);
 	if (ret) {
 		say_error("restore into %s failed (%s): %s; what was written is left in place",
 			  target, strerror(-ret), log_last_error());
+		free(jdir);
+		repo_close(r);
 		return EXIT_FAIL;
 	}
-	char hex[65];
-	store_id_hex(&s.id, hex);
 	double dt = now_s() - t0;
-	printf("restored snapshot %.16s into %s: %llu files, %llu directories, %llu others, %.1f MiB in %.2f s (%.0f MiB/s)\n",
-	       hex, target, (unsigned long long)st.files, (unsigned long long)st.dirs,
+	printf("restored snapshot %.16s of %s into %s: %llu files, %llu directories, %llu others, %.1f MiB in %.2f s (%.0f MiB/s)\n",
+	       hex, when, target, (unsigned long long)st.files, (unsigned long long)st.dirs,
 	       (unsigned long long)st.others, st.bytes / 1048576.0, dt,
 	       dt > 0 ? st.bytes / 1048576.0 / dt : 0.0);
+	if (jdir) {
+		struct snap_replay_stats rs;
+		t0 = now_s();
+		ret = snap_replay(r, &s, jdir, until, target, &rs);
+		free(jdir);
+		repo_close(r);
+		if (ret) {
+			say_error("point-in-time replay into %s stopped: %s; %s holds snapshot %.16s plus %llu records up to LSN 0x%llx",
+				  target, rs.why, target, hex, (unsigned long long)rs.applied,
+				  (unsigned long long)rs.last_lsn);
+			return EXIT_FAIL;
+		}
+		char last[40] = "-";
+		if (rs.last_time_ns)
+			format_time(rs.last_time_ns, last, sizeof(last));
+		printf("replayed %llu journal records (%llu skipped) from LSN 0x%llx to 0x%llx, the last made at %s, in %.2f s\n",
+		       (unsigned long long)rs.applied, (unsigned long long)rs.skipped,
+		       (unsigned long long)s.lsn, (unsigned long long)rs.last_lsn, last, now_s() - t0);
+		if (rs.stop[0]) {
+			say_error("the journal is damaged at LSN 0x%llx, before %s (%s): %s holds the state up to there, not at %s",
+				  (unsigned long long)rs.journal_end, spec + 1, rs.stop, target, spec + 1);
+			return EXIT_FAIL;
+		}
+		if (!rs.more) {
+			printf("the journal ends there: nothing newer than that was recorded\n");
+		}
+		return EXIT_OK;
+	}
+	repo_close(r);
 	return EXIT_OK;
 }

@@ -5,8 +5,11 @@
  * A live snapshot freezes the mount (changes wait; reads go on), so that the
  * backing tree is exactly the journal up to one LSN, builds the snapshot
  * from the previous one and the journal since (only touched ranges are
- * read), thaws, and moves the journal hold to the new LSN.  How long changes
- * waited is logged with every snapshot.
+ * read) and thaws.  How long changes waited is logged with every snapshot.
+ *
+ * The journal is held from the newest snapshot at or before now minus
+ * journal_retention (docs/snapshot-design.md "Point-in-time restore"): the
+ * hold moves after every snapshot and once a minute.
  *
  * The socket is STATE/control.sock (AF_UNIX, stream, mode 0600).  A request
  * is one line, "snapshot TAGS\n" (TAGS may be empty); the answer is one line,
@@ -34,6 +37,8 @@ struct snapctl {
 	const struct backing *b;
 	struct drfs_fs *fs;
 	unsigned interval_s;          /* 0: no timer */
+	uint64_t retention_s;         /* journal_retention */
+	uint64_t hold_lsn;            /* the journal is held from here */
 	int listen_fd;
 	int stop_pipe[2];
 	pthread_t thread;
@@ -47,6 +52,17 @@ static double mono_s(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Moves the journal hold forward to what snapshots and the retention still need. */
+static void move_hold(struct snapctl *c)
+{
+	uint64_t hold, latest;
+
+	if (backing_hold_lsn(c->b, c->retention_s, &hold, &latest) == 0 && hold > c->hold_lsn) {
+		c->hold_lsn = hold;
+		fs_journal_keep_from(c->fs, hold);
+	}
 }
 
 /*
@@ -100,7 +116,7 @@ static int live_snapshot(struct snapctl *c, const char *tags, bool only_if_chang
 	double paused = mono_s() - t0;
 	if (!ret) {
 		c->last_lsn = lsn;
-		fs_snapshot_taken(c->fs, lsn);
+		move_hold(c);
 		size_t l = strlen(msg);
 		snprintf(msg + l, msglen - l, "; changes waited %.0f ms", paused * 1000);
 		log_info("%s", msg);
@@ -147,17 +163,16 @@ static void *snapctl_thread(void *arg)
 {
 	struct snapctl *c = arg;
 	double next = c->interval_s ? mono_s() + c->interval_s : 0;
+	double next_hold = mono_s() + 60;
 
 	for (;;) {
 		struct pollfd p[2] = {
 			{ .fd = c->listen_fd, .events = POLLIN },
 			{ .fd = c->stop_pipe[0], .events = POLLIN },
 		};
-		int timeout = -1;
-		if (c->interval_s) {
-			double left = next - mono_s();
-			timeout = left > 0 ? (int)(left * 1000) + 1 : 0;
-		}
+		double wake = c->interval_s && next < next_hold ? next : next_hold;
+		double left = wake - mono_s();
+		int timeout = left > 0 ? (int)(left * 1000) + 1 : 0;
 		int n = poll(p, 2, timeout);
 		if (n < 0 && errno != EINTR)
 			break;
@@ -175,6 +190,12 @@ static void *snapctl_thread(void *arg)
 			live_snapshot(c, "interval", true, msg, sizeof(msg));
 			next = mono_s() + c->interval_s;
 		}
+		if (mono_s() >= next_hold) {
+			pthread_mutex_lock(&c->lock);
+			move_hold(c);
+			pthread_mutex_unlock(&c->lock);
+			next_hold = mono_s() + 60;
+		}
 	}
 	return NULL;
 }
@@ -186,7 +207,7 @@ static int control_path(const char *state_dir, char *buf, size_t len)
 }
 
 int snapctl_start(const struct backing *b, struct drfs_fs *fs, unsigned interval_s,
-		  uint64_t last_lsn, struct snapctl **out)
+		  uint64_t retention_s, uint64_t last_lsn, uint64_t hold_lsn, struct snapctl **out)
 {
 	struct snapctl *c = calloc(1, sizeof(*c));
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -198,6 +219,8 @@ int snapctl_start(const struct backing *b, struct drfs_fs *fs, unsigned interval
 	c->fs = fs;
 	c->interval_s = interval_s;
 	c->last_lsn = last_lsn;
+	c->retention_s = retention_s;
+	c->hold_lsn = hold_lsn;
 	c->listen_fd = -1;
 	pthread_mutex_init(&c->lock, NULL);
 	ret = control_path(b->state_dir, c->sock_path, sizeof(c->sock_path));

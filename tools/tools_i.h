@@ -97,7 +97,7 @@ struct drfs_fs;
  * the journal moved past LAST_LSN.  0 or -errno (logged).
  */
 int snapctl_start(const struct backing *b, struct drfs_fs *fs, unsigned interval_s,
-		  uint64_t last_lsn, struct snapctl **out);
+		  uint64_t retention_s, uint64_t last_lsn, uint64_t hold_lsn, struct snapctl **out);
 void snapctl_stop(struct snapctl *c);
 /*
  * Asks the daemon of STATE_DIR for a snapshot tagged TAGS; REPLY gets its
@@ -115,11 +115,22 @@ struct repo;
 int source_open(const char *src, struct repo **r, char **backing);
 /* snap_resolve() with a one-line message on failure.  0 or -errno. */
 int source_resolve(struct repo *r, const char *spec, struct snap_info *s);
+/* The journal kept beside the repository R (STATE/journal for STATE/repo), or NULL. */
+char *source_journal_dir(struct repo *r);
 
 /* backing_snapshot() from a command: its line on stdout, or the failure on stderr.  An exit code. */
 int backing_snapshot_say(const struct backing *b, const struct snapshot_request *rq);
-/* The LSN of the latest snapshot of B.  0 or -ENOENT (none). */
-int backing_last_snapshot_lsn(const struct backing *b, uint64_t *lsn);
+/*
+ * Where the journal of B must be kept from: *HOLD the LSN of the newest
+ * snapshot taken at or before now - RETENTION_S (the base of the oldest
+ * @TIME restore the retention promises; the latest snapshot when
+ * RETENTION_S is 0), *LATEST the latest snapshot's LSN.  0 or -ENOENT (no
+ * snapshot).
+ */
+int backing_hold_lsn(const struct backing *b, uint64_t retention_s, uint64_t *hold,
+		     uint64_t *latest);
+#define JOURNAL_RETENTION_DEFAULT 3600   /* seconds: -o journal_retention */
+#define SNAPSHOT_INTERVAL_DEFAULT 600    /* seconds: -o snapshot_interval */
 
 struct journal_stats;
 /*

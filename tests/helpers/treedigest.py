@@ -6,7 +6,10 @@ hard-link structure (each set of names of one inode, as the first name).
 The top directory's own mode, owner and mtime come first.  Paths under the
 names given with --skip (relative to the top) are left out.
 
-usage: treedigest.py DIR [--skip NAME]... [--no-root-mtime]
+usage: treedigest.py DIR [--skip NAME]... [--no-root-mtime] [--no-mtime]
+
+--no-mtime leaves every mtime out (a point-in-time restore sets the times
+the journal does not record to the time of the record).
 """
 import hashlib
 import os
@@ -59,17 +62,28 @@ def content(path):
     return h.hexdigest()[:24]
 
 
+MT = True
+
+
+def mt(st):
+    return str(st.st_mtime_ns) if MT else "-"
+
+
 def main():
     args = sys.argv[1:]
     top = args.pop(0)
     skip = set()
     root_mtime = True
+    global MT
     while args:
         a = args.pop(0)
         if a == "--skip":
             skip.add(args.pop(0))
         elif a == "--no-root-mtime":
             root_mtime = False
+        elif a == "--no-mtime":
+            root_mtime = False
+            MT = False
     st = os.lstat(top)
     print(". root %o %d:%d %s %s" % (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
                                     st.st_mtime_ns if root_mtime else "-", xattrs(top)))
@@ -84,8 +98,8 @@ def main():
             p = os.path.join(dirpath, name)
             rel = os.path.normpath(os.path.join(rel_dir, name))
             st = os.lstat(p)
-            common = "%o %d:%d %d %s" % (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                                         st.st_mtime_ns, xattrs(p))
+            common = "%o %d:%d %s %s" % (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                                         mt(st), xattrs(p))
             m = st.st_mode
             if stat.S_ISREG(m):
                 key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
@@ -94,7 +108,7 @@ def main():
             elif stat.S_ISDIR(m):
                 lines.append((rel, "d %s" % common, None))
             elif stat.S_ISLNK(m):
-                lines.append((rel, "l %d:%d %d -> %s" % (st.st_uid, st.st_gid, st.st_mtime_ns,
+                lines.append((rel, "l %d:%d %s -> %s" % (st.st_uid, st.st_gid, mt(st),
                                                          os.readlink(p)), None))
             else:
                 kind = "c" if stat.S_ISCHR(m) else "b" if stat.S_ISBLK(m) else \
