@@ -119,6 +119,24 @@ int cmd_status(int argc, char **argv)
 		age = (now.tv_sec * 1e9 + now.tv_nsec - (double)last->time_ns) / 1e9;
 	}
 
+	/* point-in-time restore reaches back to the oldest snapshot the journal still follows */
+	const struct snap_info *pitr = NULL;
+	char pitr_when[32] = "";
+	char *jdir = path_join(b.state_dir, "journal");
+	if (jdir && !jret && journal_exists(jdir)) {
+		char why[256];
+		for (size_t i = 0; i < nsnaps && !pitr; i++)
+			if (snap_replay_check(jdir, snaps[i].lsn, why, sizeof(why)) == 0)
+				pitr = &snaps[i];
+	}
+	free(jdir);
+	if (pitr) {
+		time_t t = (time_t)(pitr->time_ns / 1000000000);
+		struct tm tm;
+		gmtime_r(&t, &tm);
+		strftime(pitr_when, sizeof(pitr_when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	}
+
 	if (json) {
 		printf("{\"backing\":");
 		json_str(b.path);
@@ -145,6 +163,8 @@ int cmd_status(int argc, char **argv)
 			       (unsigned long long)(!jret && js.head_lsn > last->lsn ? js.head_lsn - last->lsn : 0));
 		else if (sret && sret != -ENOENT)
 			printf(",\"snapshots\":{\"error\":\"%s\"}", strerror(-sret));
+		if (pitr)
+			printf(",\"point_in_time_from\":\"%s\"", pitr_when);
 		printf(",\"disk_bytes\":%llu,\"disk_free_bytes\":%llu}\n", total, avail);
 	} else {
 		printf("backing:     %s\n", b.path);
@@ -176,6 +196,14 @@ int cmd_status(int argc, char **argv)
 			printf("snapshots:   none yet (one is taken at init, at unmount and by 'drfs snapshot')\n");
 		else
 			printf("snapshots:   repository unreadable: %s\n", log_last_error());
+		if (pitr) {
+			char hex[65];
+			store_id_hex(&pitr->id, hex);
+			printf("restorable:  any moment from %s (snapshot %.16s and the journal after it) on\n",
+			       pitr_when, hex);
+		}
+		else if (last)
+			printf("restorable:  the snapshots only (the journal after them is not kept)\n");
 	}
 	free(snaps);
 	free(rdir);

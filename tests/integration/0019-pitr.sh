@@ -92,12 +92,21 @@ MC=$T/mc
 mount_drfs "$C" "$MC" journal_retention=0
 head -c 10000000 /dev/urandom >"$MC/one"
 TC=$(at_time "$MC" "$T/dc")
+sleep 1        # the status below gives whole seconds
 check "a snapshot after the change" "$DRFS" snapshot "$MC" >/dev/null
 for i in 1 2 3 4 5 6; do head -c 4000000 /dev/urandom >"$MC/more$i"; sync -f "$MC"; done
 umount_drfs "$MC"
 check_exit "@TIME before a recycled stretch fails" 1 "$DRFS" restore "$C" "@$TC" "$T/rc"
 check_err "it names the snapshot to restore instead" "cannot restore the state at .*not kept.*snapshot [0-9a-f]{16} of .*drfs restore"
 check_eq "nothing was written into the target" "" "$(ls -A "$T/rc" 2>/dev/null)"
+# pitr_from BACKING: 'drfs status --json' point_in_time_from, as seconds since the epoch (0: none)
+pitr_from() {
+	"$DRFS" status "$1" --json | python3 -c 'import json,sys,calendar,time
+v=json.load(sys.stdin).get("point_in_time_from")
+print(calendar.timegm(time.strptime(v,"%Y-%m-%dT%H:%M:%SZ")) if v else 0)'
+}
+check "status: the restorable window of c starts after the recycled moment" \
+	[ "$(pitr_from "$C")" -gt "${TC%.*}" ]
 
 D=$T/d
 mkdir -p "$D"
@@ -112,6 +121,8 @@ for i in 1 2 3 4 5 6; do head -c 4000000 /dev/urandom >"$MD/more$i"; sync -f "$M
 umount_drfs "$MD"
 check "@TIME within the default retention of 1h" "$DRFS" restore "$D" "@$TD" "$T/rd"
 check_eq "and it equals the tree then" "$(cat "$T/dd")" "$($DIGEST "$T/rd" --no-mtime)"
+p=$(pitr_from "$D")
+check "status: the restorable window of d reaches back to that moment" [ "$p" -gt 0 -a "$p" -le "${TD%.*}" ]
 
 check_exit "a bad journal_retention" 2 "$DRFS" mount "$D" "$MD" -o journal_retention=soon
 check_err "names the option" "journal_retention=soon"
