@@ -17,7 +17,7 @@ SAN      ?=
 WARNINGS := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 BASEFLAGS := -std=gnu17 $(WARNINGS) -D_GNU_SOURCE -MMD -MP
 PKG_CFLAGS := $(shell pkg-config --cflags fuse3 2>/dev/null)
-PKG_LIBS := $(shell pkg-config --libs fuse3 liburing libzstd libcrypto 2>/dev/null) -lpthread
+PKG_LIBS := $(shell pkg-config --libs fuse3 liburing libzstd libcrypto libcurl 2>/dev/null) -lpthread
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 ifeq ($(SAN),1)
@@ -31,9 +31,10 @@ endif
 COMMON_SRC := common/log.c common/util.c
 JOURNAL_SRC := journal/record.c journal/journal.c journal/reader.c journal/apply.c journal/reconcile.c
 STORE_SRC  := $(sort $(wildcard store/*.c))
+REPLICATE_SRC := $(sort $(wildcard replicate/*.c))
 FS_SRC     := fs/inode.c fs/mutate.c fs/pending.c fs/ops.c fs/session.c fs/snapshot.c
 TOOLS_SRC  := tools/drfs.c tools/cmd_init.c tools/cmd_mount.c tools/cmd_status.c tools/cmd_journal.c tools/cmd_snapshot.c tools/snapctl.c
-DRFS_SRC   := $(COMMON_SRC) $(JOURNAL_SRC) $(STORE_SRC) $(FS_SRC) $(TOOLS_SRC)
+DRFS_SRC   := $(COMMON_SRC) $(JOURNAL_SRC) $(STORE_SRC) $(REPLICATE_SRC) $(FS_SRC) $(TOOLS_SRC)
 
 obj = $(patsubst %.c,$(1)/%.o,$(2))
 

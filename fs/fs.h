@@ -62,6 +62,8 @@ void fs_thaw(struct drfs_fs *fs);
  * restores: it may be recycled once checkpointed.
  */
 void fs_journal_keep_from(struct drfs_fs *fs, uint64_t lsn);
+/* The mount's journal (for the replicator: durable LSN, its own hold), NULL without one. */
+struct journal *fs_journal(struct drfs_fs *fs);
 
 /*
  * The snapshot mount (fs/snapshot.c): snapshot S of repository R served

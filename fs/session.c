@@ -346,3 +346,8 @@ void fs_journal_keep_from(struct drfs_fs *fs, uint64_t lsn)
 	else
 		journal_release(fs->journal, fs->snapshot_hold, lsn);
 }
+
+struct journal *fs_journal(struct drfs_fs *fs)
+{
+	return fs->journal;
+}

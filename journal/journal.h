@@ -243,6 +243,24 @@ const char *jreader_stop(struct jreader *rd);
 uint64_t jreader_lsn(struct jreader *rd);  /* the position to read next */
 void jreader_close(struct jreader *rd);
 
+/*
+ * Reads raw bytes of the logical log of DIR at LSN into BUF: at most LEN,
+ * never past the end of the segment holding LSN (a shorter count means
+ * "go on at the returned end"), and never past what the segment file holds.
+ * The caller knows the bytes are records (below the durable LSN).
+ * *TIMELINE (may be NULL) gets the segment's timeline.  The count, or
+ * -ENOENT when no segment holds LSN any more, or -errno.
+ */
+ssize_t jlog_read(const char *dir, uint64_t lsn, void *buf, size_t len, uint32_t *timeline);
+/*
+ * Writes a segment file into DIR holding LEN bytes of records whose first
+ * has LSN FIRST_LSN (the log rebuilt from a replica's journal pieces, to be
+ * read with jreader).  The caller starts a new segment after every SEAL.
+ * 0 or -errno.
+ */
+int jseg_write_records(const char *dir, uint32_t timeline, uint64_t first_lsn, const void *rec,
+		       size_t len);
+
 struct jsuper {
 	uint32_t timeline;
 	uint64_t seq, checkpoint_lsn, segment_size, time_ns;

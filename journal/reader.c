@@ -539,3 +539,69 @@ int jlog_valid_after(const char *dir, uint64_t pos, uint64_t *found)
 	jreader_close(rd);
 	return ret;
 }
+
+ssize_t jlog_read(const char *dir, uint64_t lsn, void *buf, size_t len, uint32_t *timeline)
+{
+	int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct jseg *segs = NULL;
+	size_t n = 0, i;
+	ssize_t ret;
+
+	if (dirfd < 0)
+		return -errno;
+	ret = jseg_list(dirfd, &segs, &n);
+	if (ret)
+		goto out;
+	for (i = 0; i < n && !(segs[i].first_lsn <= lsn &&
+			       (i + 1 == n || segs[i + 1].first_lsn > lsn)); i++)
+		;
+	if (i == n) {
+		ret = -ENOENT;
+		goto out;
+	}
+	if (i + 1 < n && segs[i + 1].first_lsn - lsn < len)
+		len = segs[i + 1].first_lsn - lsn;
+	int fd = openat(dirfd, segs[i].name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		ret = errno == ENOENT ? -ENOENT : -errno;
+		goto out;
+	}
+	struct stat st;
+	off_t at = (off_t)(JSEG_HEADER + (lsn - segs[i].first_lsn));
+	if (fstat(fd, &st) == 0 && st.st_size - at < (off_t)len)
+		len = st.st_size > at ? (size_t)(st.st_size - at) : 0;
+	ret = pread_all(fd, buf, len, at) ?: (ssize_t)len;
+	close(fd);
+	if (timeline)
+		*timeline = segs[i].timeline;
+out:
+	free(segs);
+	close(dirfd);
+	return ret;
+}
+
+int jseg_write_records(const char *dir, uint32_t timeline, uint64_t first_lsn, const void *rec,
+		       size_t len)
+{
+	unsigned char head[JSEG_HEADER];
+	char name[40], path[4200];
+	uint64_t size = (JSEG_HEADER + len + 4095) / 4096 * 4096;
+	int fd, ret;
+
+	if (size < JSEG_MIN)
+		size = JSEG_MIN;
+	if (size > JSEG_MAX)
+		return -EFBIG;
+	jseg_name(name, timeline, first_lsn);
+	jseg_header(head, timeline, first_lsn, size);
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	/* the rest stays a hole: zeros, which read as the log's clean end */
+	ret = pwrite_all(fd, head, sizeof(head), 0) ?: pwrite_all(fd, rec, len, JSEG_HEADER);
+	if (!ret && ftruncate(fd, (off_t)size))
+		ret = -errno;
+	close(fd);
+	return ret;
+}

@@ -17,10 +17,11 @@
 #include <unistd.h>
 
 #include "../common/common.h"
+#include "../replicate/replicate.h"
 #include "tools_i.h"
 
 static const char init_usage[] =
-	"usage: drfs init BACKING [--state DIR]\n"
+	"usage: drfs init BACKING [--state DIR] [--replica URL]\n"
 	"\n"
 	"Prepare BACKING (empty or holding data) to be mounted by drfs.  The state\n"
 	"directory (journal, snapshot repository, lock, log) is BACKING/.drfs unless\n"
@@ -29,6 +30,8 @@ static const char init_usage[] =
 	"\n"
 	"options:\n"
 	"  --state DIR   keep the state in DIR instead of BACKING/.drfs\n"
+	"  --replica URL replicate every mount of BACKING to URL (file:///path or\n"
+	"                s3://bucket/prefix?endpoint=...&region=...&path_style=1)\n"
 	"  -h, --help    show this help\n";
 
 /* Creates DIR (one level) unless it exists as a directory. */
@@ -53,7 +56,7 @@ int cmd_init(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
-	char *backing = NULL, *conf_dir = NULL, *state = NULL, *conf_path = NULL;
+	char *backing = NULL, *conf_dir = NULL, *state = NULL, *conf_path = NULL, *replica = NULL;
 	char text[4096], stamp[64];
 	int c, ret = EXIT_FAIL, dirfd = -1, len;
 	time_t now = time(NULL);
@@ -66,24 +69,36 @@ int cmd_init(int argc, char **argv)
 			free(state);
 			state = path_absolute(optarg);
 			break;
-		case 'r':
-			say_error("--replica: replication is not part of this version yet; "
-				  "run 'drfs init' without it");
-			free(state);
-			return EXIT_USAGE;
+		case 'r': {
+			struct backend *be;
+			struct backend_err err = { 0 };
+			if (backend_open(optarg, &be, &err)) {
+				say_error("--replica: %s", err.msg);
+				free(state);
+				free(replica);
+				return EXIT_USAGE;
+			}
+			backend_close(be);
+			free(replica);
+			replica = strdup(optarg);
+			break;
+		}
 		case 'h':
 			fputs(init_usage, stdout);
 			free(state);
+			free(replica);
 			return EXIT_OK;
 		default:
 			fputs(init_usage, stderr);
 			free(state);
+			free(replica);
 			return EXIT_USAGE;
 		}
 	}
 	if (argc - optind != 1) {
 		say_error("init takes exactly one BACKING directory; see 'drfs init --help'");
 		free(state);
+		free(replica);
 		return EXIT_USAGE;
 	}
 	backing = path_absolute(argv[optind]);
@@ -116,9 +131,10 @@ int cmd_init(int argc, char **argv)
 	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
 	len = snprintf(text, sizeof(text),
 		       "# drfs backing directory configuration; see docs/format.md\n"
-		       "format=%d\ncreated=%s\n%s%s%s",
+		       "format=%d\ncreated=%s\n%s%s%s%s%s%s",
 		       DRFS_FORMAT_VERSION, stamp, state ? "state=" : "", state ? state : "",
-		       state ? "\n" : "");
+		       state ? "\n" : "", replica ? "replica=" : "", replica ? replica : "",
+		       replica ? "\n" : "");
 	dirfd = open(conf_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	ret = dirfd < 0 ? -errno : write_file_durable(dirfd, DRFS_CONF_NAME, text, (size_t)len);
 	if (ret) {
@@ -142,5 +158,6 @@ out:
 	free(conf_dir);
 	free(conf_path);
 	free(state);
+	free(replica);
 	return ret;
 }

@@ -27,6 +27,7 @@
 #include "../common/common.h"
 #include "../fs/fs.h"
 #include "../journal/journal.h"
+#include "../replicate/replicate.h"
 #include "../store/store.h"
 #include "tools_i.h"
 
@@ -62,6 +63,11 @@ static const char mount_usage[] =
 	"                       DURATION (seconds, or with s, m, h, d) can be restored\n"
 	"                       with 'drfs restore BACKING @TIME'; default 1h, 0 keeps\n"
 	"                       only what the next snapshot needs\n"
+	"  -o replica=URL       replicate to URL: file:///path, or s3://bucket/prefix with\n"
+	"                       ?endpoint=URL&region=R&path_style=1 where needed (default:\n"
+	"                       drfs.conf's replica=, set by 'drfs init --replica')\n"
+	"  -o noreplica         do not replicate this mount\n"
+	"  -o ship_interval=MS  ship the journal to the replica that often (default 1000)\n"
 	"  -o nosnapshot        no snapshot at unmount (by default a clean unmount takes\n"
 	"                       one into STATE/repo, from the journal since the last)\n"
 	"  -f                   stay in the foreground, log to stderr\n"
@@ -93,6 +99,9 @@ struct mount_opts {
 	bool snapshot_at_umount;  /* take a snapshot after a clean unmount (default; -o nosnapshot) */
 	long snapshot_interval;   /* seconds between live snapshots; 0: none; -1: not given */
 	long long journal_retention; /* seconds of journal kept for @TIME restores; -1: not given */
+	char *replica;       /* -o replica=URL (else drfs.conf's) */
+	bool noreplica;      /* -o noreplica: do not replicate this mount */
+	unsigned int ship_interval; /* ms between journal pieces; 0: default */
 	bool debug;
 	bool foreground;
 	bool remount;        /* -o remount: change the flags of a mounted drfs */
@@ -193,10 +202,28 @@ static int parse_opts(const char *arg, struct mount_opts *o)
 				break;
 			}
 			o->journal_retention = (long long)secs;
-		} else if (!strcmp(key, "replica")) {
-			say_error("mount option '%s' is not part of this version yet; mount without it", key);
-			ret = EXIT_USAGE;
-			break;
+		} else if (!strcmp(key, "replica") && value) {
+			struct backend *be;
+			struct backend_err err = { 0 };
+			if (backend_open(value, &be, &err)) {
+				say_error("mount option replica: %s", err.msg);
+				ret = EXIT_USAGE;
+				break;
+			}
+			backend_close(be);
+			free(o->replica);
+			o->replica = strdup(value);
+		} else if (!strcmp(key, "noreplica") && !value) {
+			o->noreplica = true;
+		} else if (!strcmp(key, "ship_interval") && value) {
+			char *end;
+			unsigned long n = strtoul(value, &end, 10);
+			if (*end || n < 10 || n > 600000) {
+				say_error("mount option ship_interval=%s: give milliseconds from 10 to 600000", value);
+				ret = EXIT_USAGE;
+				break;
+			}
+			o->ship_interval = (unsigned int)n;
 		} else {
 			say_error("unknown mount option '%s%s%s'; see 'drfs mount --help'", key,
 				  value ? "=" : "", value ? value : "");
@@ -572,10 +599,40 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	if (snapctl_start(&b, fs, interval, retention, latest,
 			  cfg.journal_hold_lsn == UINT64_MAX ? 0 : cfg.journal_hold_lsn, &ctl))
 		log_warn("snapshots of the live mount are off (see above); one is still taken at unmount");
+	struct replicator *rep = NULL;
+	const char *replica = o->noreplica ? NULL : o->replica ? o->replica : b.replica;
+	if (replica) {
+		char *repo_dir = backing_repo_dir(&b);
+		struct replicator_config rc = {
+			.url = replica,
+			.state_dir = b.state_dir,
+			.repo_dir = repo_dir,
+			.journal_dir = journal_dir,
+			.journal = fs_journal(fs),
+			.start_lsn = latest,
+			.ship_interval_ms = o->ship_interval,
+		};
+		/* its threads (and the backend's) must leave the stop signals to fs_serve */
+		sigset_t all, old;
+		sigfillset(&all);
+		pthread_sigmask(SIG_BLOCK, &all, &old);
+		int rret = replicator_start(&rc, &rep);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		if (rret)
+			log_error("replication to %s is off for this mount (see above)", replica);
+		else
+			snapctl_on_snapshot(ctl, (void (*)(void *))replicator_kick, rep);
+		free(repo_dir);
+	}
 	ret = fs_serve(fs) ? EXIT_FAIL : EXIT_OK;
 	snapctl_stop(ctl);
 	remove_records(&b, mnt);
 	log_info("unmounted %s", mnt);
+	if (rep) {
+		struct journal_stats js;
+		journal_get_stats(fs_journal(fs), &js);
+		replicator_detach_journal(rep, js.durable_lsn);
+	}
 	fs_close(fs);
 	fs = NULL;
 	/* the tree is quiet and the journal closed: the snapshot at unmount */
@@ -595,6 +652,14 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 			log_error("no snapshot at unmount: %s", msg);
 		else
 			log_info("at unmount: %s", msg);
+	}
+	if (rep) {
+		/* the journal is closed: ship its end and the last snapshot, for a bounded time */
+		uint64_t end;
+		uint32_t tl;
+		if (journal_log_end(journal_dir, &end, &tl) == 0)
+			replicator_detach_journal(rep, end);
+		replicator_stop(rep, 30);
 	}
 out_close:
 	fs_close(fs);
@@ -691,6 +756,10 @@ static const char *snapmount_refused(const struct mount_opts *o)
 		return "snapshot_interval";
 	if (o->journal_retention >= 0)
 		return "journal_retention";
+	if (o->replica || o->noreplica)
+		return "replica";
+	if (o->ship_interval)
+		return "ship_interval";
 	if (o->max_threads)
 		return "max_threads";
 	return NULL;

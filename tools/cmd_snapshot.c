@@ -22,6 +22,7 @@
 
 #include "../common/common.h"
 #include "../journal/journal.h"
+#include "../replicate/replicate.h"
 #include "../store/store.h"
 #include "tools_i.h"
 
@@ -45,8 +46,7 @@ char *backing_repo_dir(const struct backing *b)
 	return path_join(b->state_dir, "repo");
 }
 
-/* The end of the journal in DIR (its LSN and timeline); 0 and 0 when there is none. */
-static int journal_end(const char *dir, uint64_t *lsn, uint32_t *timeline)
+int journal_log_end(const char *dir, uint64_t *lsn, uint32_t *timeline)
 {
 	struct jsuper sb;
 	struct jreader *rd;
@@ -93,7 +93,7 @@ int backing_snapshot(const struct backing *b, const struct snapshot_request *rq,
 		goto out;
 	}
 	if (lsn == UINT64_MAX) {
-		ret = journal_end(journal_dir, &lsn, &timeline);
+		ret = journal_log_end(journal_dir, &lsn, &timeline);
 		if (ret == -EUCLEAN) {
 			FAIL("the journal in %s was not closed cleanly; mount %s once (it replays the journal), unmount it, then take the snapshot",
 			     journal_dir, b->path);
@@ -668,6 +668,52 @@ int cmd_diff(int argc, char **argv)
 
 /* ---- drfs restore ---- */
 
+/* Removes DIR and the files in it (one level: the rebuilt segments). */
+static void remove_tree(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+
+	while (d && (de = readdir(d)))
+		if (de->d_name[0] != '.')
+			unlinkat(dirfd(d), de->d_name, 0);
+	if (d)
+		closedir(d);
+	rmdir(dir);
+}
+
+/*
+ * The journal of replica URL from LSN FROM, rebuilt into a new directory
+ * made from the template DIR.  0; 1 when it does not reach back to FROM
+ * (WHY); -errno (WHY).  A damaged piece is not an error here: the journal
+ * up to it is there, and DAMAGE says where it stops.
+ */
+static int fetch_replica_journal(const char *url, uint64_t from, char *dir, char *why,
+				 size_t whylen, char *damage, size_t damagelen)
+{
+	struct backend *be = NULL;
+	struct backend_err err = { 0 };
+	uint64_t end;
+	int ret = backend_open(url, &be, &err);
+
+	if (!ret && !mkdtemp(dir)) {
+		ret = -errno;
+		snprintf(err.msg, sizeof(err.msg), "cannot make %s: %s", dir, strerror(errno));
+	}
+	if (!ret) {
+		ret = replica_fetch_journal(be, from, dir, &end, &err);
+		if (ret == -EBADMSG) {
+			snprintf(damage, damagelen, "%s", err.msg);
+			ret = 0;
+		}
+	}
+	if (ret)
+		snprintf(why, whylen, "%s", err.msg);
+	if (be)
+		backend_close(be);
+	return ret;
+}
+
 static const char restore_usage[] =
 	"usage: drfs restore SOURCE SNAP|latest|@TIME TARGET_DIR [--force] [--threads N]\n"
 	"\n"
@@ -759,14 +805,32 @@ int cmd_restore(int argc, char **argv)
 	const char *spec = argv[optind + 1];
 	char *jdir = NULL;
 	int64_t until = 0;
+	char tmpdir[] = "/var/tmp/drfs-journal.XXXXXX", damage[600] = "";
+	bool fetched = false;
 	if (spec[0] == '@') {
-		char why[512];
+		char why[600];
 		snap_parse_time(spec + 1, &until);
 		jdir = source_journal_dir(r);
-		ret = jdir ? snap_replay_check(jdir, s.lsn, why, sizeof(why)) : 1;
+		if (!jdir && (!strncmp(argv[optind], "file://", 7) || !strncmp(argv[optind], "s3://", 5))) {
+			/* a replica: its journal pieces, rebuilt into segments here */
+			ret = fetch_replica_journal(argv[optind], s.lsn, tmpdir, why, sizeof(why),
+						    damage, sizeof(damage));
+			if (ret < 0) {
+				say_error("cannot read the journal of %s: %s", argv[optind], why);
+				if (strcmp(tmpdir + strlen(tmpdir) - 6, "XXXXXX"))
+					remove_tree(tmpdir);
+				repo_close(r);
+				return EXIT_FAIL;
+			}
+			fetched = true;
+			jdir = strdup(tmpdir);
+		}
+		ret = !jdir ? 1 : fetched && ret ? 1 : snap_replay_check(jdir, s.lsn, why, sizeof(why));
 		if (!jdir)
 			snprintf(why, sizeof(why), "%s keeps no journal", argv[optind]);
 		if (ret) {
+			if (fetched)
+				remove_tree(tmpdir);
 			say_error("cannot restore the state at %s: %s; the newest state before it that can be restored is snapshot %.16s of %s ('drfs restore %s %.16s %s')",
 				  spec + 1, why, hex, when, argv[optind], hex, target);
 			free(jdir);
@@ -782,6 +846,8 @@ int cmd_restore(int argc, char **argv)
 			  target, strerror(-ret), log_last_error());
 		free(jdir);
 		repo_close(r);
+		if (fetched)
+			remove_tree(tmpdir);
 		return EXIT_FAIL;
 	}
 	double dt = now_s() - t0;
@@ -795,6 +861,13 @@ int cmd_restore(int argc, char **argv)
 		ret = snap_replay(r, &s, jdir, until, target, &rs);
 		free(jdir);
 		repo_close(r);
+		if (fetched)
+			remove_tree(tmpdir);
+		if (!ret && damage[0] && !rs.more) {
+			say_error("%s; %s holds the state up to LSN 0x%llx, not at %s", damage, target,
+				  (unsigned long long)rs.last_lsn, spec + 1);
+			return EXIT_FAIL;
+		}
 		if (ret) {
 			say_error("point-in-time replay into %s stopped: %s; %s holds snapshot %.16s plus %llu records up to LSN 0x%llx",
 				  target, rs.why, target, hex, (unsigned long long)rs.applied,

@@ -103,6 +103,11 @@ int backing_load(const char *path, struct backing *b)
 		free(conf);
 		goto fail;
 	}
+	v = kv_get(kv, "replica");
+	if (v && *v && !(b->replica = strdup(v))) {
+		free(conf);
+		goto fail;
+	}
 	v = kv_get(kv, "journal_seal_age");
 	if (v) {
 		char *end;
@@ -136,6 +141,7 @@ void backing_release(struct backing *b)
 	free(b->path);
 	free(b->conf_dir);
 	free(b->state_dir);
+	free(b->replica);
 	memset(b, 0, sizeof(*b));
 }
 

@@ -39,6 +39,8 @@ struct snapctl {
 	unsigned interval_s;          /* 0: no timer */
 	uint64_t retention_s;         /* journal_retention */
 	uint64_t hold_lsn;            /* the journal is held from here */
+	void (*on_snapshot)(void *);  /* after every snapshot; set before the first */
+	void *on_snapshot_arg;
 	int listen_fd;
 	int stop_pipe[2];
 	pthread_t thread;
@@ -117,6 +119,8 @@ static int live_snapshot(struct snapctl *c, const char *tags, bool only_if_chang
 	if (!ret) {
 		c->last_lsn = lsn;
 		move_hold(c);
+		if (c->on_snapshot)
+			c->on_snapshot(c->on_snapshot_arg);
 		size_t l = strlen(msg);
 		snprintf(msg + l, msglen - l, "; changes waited %.0f ms", paused * 1000);
 		log_info("%s", msg);
@@ -268,6 +272,16 @@ out_free:
 	pthread_mutex_destroy(&c->lock);
 	free(c);
 	return ret;
+}
+
+void snapctl_on_snapshot(struct snapctl *c, void (*fn)(void *), void *arg)
+{
+	if (!c)
+		return;
+	pthread_mutex_lock(&c->lock);
+	c->on_snapshot = fn;
+	c->on_snapshot_arg = arg;
+	pthread_mutex_unlock(&c->lock);
 }
 
 void snapctl_stop(struct snapctl *c)

@@ -27,6 +27,7 @@ struct backing {
 	int format;
 	uint64_t journal_segment_size; /* drfs.conf journal_segment_size, 0: default */
 	unsigned int journal_seal_age;  /* drfs.conf journal_seal_age in seconds, 0: default */
+	char *replica;     /* drfs.conf replica=URL (drfs init --replica), or NULL */
 };
 
 /*
@@ -96,6 +97,8 @@ struct drfs_fs;
  * STATE/control.sock and, with INTERVAL_S, takes a snapshot that often when
  * the journal moved past LAST_LSN.  0 or -errno (logged).
  */
+/* Calls FN(ARG) after every live snapshot (the replicator ships it). */
+void snapctl_on_snapshot(struct snapctl *c, void (*fn)(void *), void *arg);
 int snapctl_start(const struct backing *b, struct drfs_fs *fs, unsigned interval_s,
 		  uint64_t retention_s, uint64_t last_lsn, uint64_t hold_lsn, struct snapctl **out);
 void snapctl_stop(struct snapctl *c);
@@ -115,6 +118,8 @@ struct repo;
 int source_open(const char *src, struct repo **r, char **backing);
 /* snap_resolve() with a one-line message on failure.  0 or -errno. */
 int source_resolve(struct repo *r, const char *spec, struct snap_info *s);
+/* Where the (cleanly closed) journal in DIR ends, and its timeline; 0 and 0 when none.  0 or -errno. */
+int journal_log_end(const char *dir, uint64_t *lsn, uint32_t *timeline);
 /* The journal kept beside the repository R (STATE/journal for STATE/repo), or NULL. */
 char *source_journal_dir(struct repo *r);
 
