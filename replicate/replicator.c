@@ -261,6 +261,24 @@ static bool nap(struct replicator *r, double seconds, bool kickable)
 	return go;
 }
 
+static void write_status(struct replicator *r);
+static void update_lag(struct replicator *r, uint64_t durable);
+static uint64_t durable_lsn(struct replicator *r);
+
+/* nap() in slices of a second, keeping the status current meanwhile. */
+static bool nap_status(struct replicator *r, double seconds)
+{
+	while (seconds > 0) {
+		double slice = seconds > 1 ? 1 : seconds;
+		if (!nap(r, slice, false))
+			return false;
+		seconds -= slice;
+		update_lag(r, durable_lsn(r));
+		write_status(r);
+	}
+	return true;
+}
+
 static double backoff(double *cur)
 {
 	double d = *cur;
@@ -386,8 +404,6 @@ static int ship_journal_once(struct replicator *r, struct backend_err *err)
 	return 1;
 }
 
-static void write_status(struct replicator *r);
-
 static void *journal_thread(void *arg)
 {
 	struct replicator *r = arg;
@@ -415,7 +431,7 @@ static void *journal_thread(void *arg)
 		write_status(r);
 		if (ret < 0) {
 			note_failure(r, &err);
-			if (!nap(r, backoff(&delay), false))
+			if (!nap_status(r, backoff(&delay)))
 				break;
 			continue;
 		}

@@ -12,17 +12,23 @@
 
 #include "../common/common.h"
 #include "../journal/journal.h"
+#include "../replicate/replicate.h"
 #include "../store/store.h"
 #include "tools_i.h"
 
 static const char status_usage[] =
-	"usage: drfs status MOUNTPOINT|BACKING [--json]\n"
+	"usage: drfs status MOUNTPOINT|BACKING [--json] [--prometheus FILE]\n"
 	"\n"
 	"Show the backing directory, its state directory, whether it is mounted, the\n"
-	"journal and the snapshots (the latest, its age, journal bytes since).\n"
+	"journal, the snapshots (the latest, its age, journal bytes since), what a\n"
+	"point-in-time restore reaches, and the replica: RPO in seconds and bytes,\n"
+	"queue, requests, retries, the last error and the last success.  A replica\n"
+	"failing for a minute or more is also reported on standard error.\n"
 	"\n"
 	"options:\n"
-	"  --json       machine-readable output\n"
+	"  --json             machine-readable output\n"
+	"  --prometheus FILE  also write the figures to FILE in the node_exporter\n"
+	"                     textfile format (written whole, then renamed)\n"
 	"  -h, --help   show this help\n";
 
 /* Prints S as a JSON string. */
@@ -40,10 +46,60 @@ static void json_str(const char *s)
 	putchar('"');
 }
 
+/* The node_exporter textfile format: FILE written whole, then renamed into place. */
+static int write_prometheus(const char *file, const struct backing *b,
+			    const struct journal_stats *js, size_t nsnaps, double snap_age,
+			    const struct replica_status *rs, bool mounted)
+{
+	char tmp[4200];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", file);
+	FILE *f = fopen(tmp, "w");
+	if (!f)
+		return -1;
+	char lbl[1200];
+	snprintf(lbl, sizeof(lbl), "backing=\"%s\"", b->path);
+#define G(name, help, fmt, v)                                                                 \
+	fprintf(f, "# HELP drfs_" name " " help "\n# TYPE drfs_" name " gauge\ndrfs_" name "{%s} " fmt \
+		   "\n", lbl, v)
+	G("mounted", "1 when the backing is mounted", "%d", mounted ? 1 : 0);
+	if (js) {
+		G("journal_head_lsn", "journal head LSN", "%llu", (unsigned long long)js->head_lsn);
+		G("journal_durable_lsn", "journal durable LSN", "%llu",
+		  (unsigned long long)js->durable_lsn);
+	}
+	G("snapshots", "snapshots in the local repository", "%zu", nsnaps);
+	if (snap_age >= 0)
+		G("snapshot_latest_age_seconds", "age of the latest snapshot", "%.0f", snap_age);
+	if (rs) {
+		G("replica_up", "1 when the replica is not failing", "%d", rs->failing_seconds ? 0 : 1);
+		G("replica_lag_seconds", "age of the oldest record not on the replica (RPO)", "%.3f",
+		  rs->lag_seconds);
+		G("replica_lag_bytes", "durable journal bytes not on the replica", "%llu",
+		  (unsigned long long)rs->lag_bytes);
+		G("replica_failing_seconds", "how long the replica has been failing", "%.0f",
+		  rs->failing_seconds);
+		G("replica_queue_objects", "repository objects waiting to be shipped", "%llu",
+		  (unsigned long long)rs->queue_objects);
+		G("replica_queue_bytes", "pack bytes waiting to be shipped", "%llu",
+		  (unsigned long long)rs->queue_bytes);
+		G("replica_retries", "failed attempts since the mount", "%llu",
+		  (unsigned long long)rs->retries);
+		G("replica_requests", "requests sent to the replica since the mount", "%llu",
+		  (unsigned long long)rs->requests);
+		G("replica_put_bytes", "bytes shipped since the mount", "%llu",
+		  (unsigned long long)rs->put_bytes);
+	}
+#undef G
+	if (fclose(f))
+		return -1;
+	return rename(tmp, file);
+}
+
 int cmd_status(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "json", no_argument, NULL, 'j' },
+		{ "prometheus", required_argument, NULL, 'p' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -51,7 +107,7 @@ int cmd_status(int argc, char **argv)
 	struct backing b;
 	struct statvfs sv;
 	bool json = false, mounted;
-	const char *target;
+	const char *target, *prom = NULL;
 	int c, ret;
 
 	optind = 1;
@@ -59,6 +115,9 @@ int cmd_status(int argc, char **argv)
 		switch (c) {
 		case 'j':
 			json = true;
+			break;
+		case 'p':
+			prom = optarg;
 			break;
 		case 'h':
 			fputs(status_usage, stdout);
@@ -137,6 +196,31 @@ int cmd_status(int argc, char **argv)
 		strftime(pitr_when, sizeof(pitr_when), "%Y-%m-%dT%H:%M:%SZ", &tm);
 	}
 
+	/* the replica, as the daemon last wrote it */
+	struct replica_status rs;
+	bool have_rs = replica_status_read(b.state_dir, &rs) == 0;
+	double rs_age = 0;
+	if (have_rs) {
+		struct timespec now;
+		clock_gettime(CLOCK_REALTIME, &now);
+		rs_age = now.tv_sec + now.tv_nsec / 1e9 - rs.updated;
+		/* a daemon that stopped writing it (not mounted, hung) makes it old news */
+		if (mounted && rs_age > 5 && !rs.failing_seconds) {
+			snprintf(rs.last_error, sizeof(rs.last_error),
+				 "the replica status has not been updated for %.0f s; see the log", rs_age);
+			rs.failing_seconds = rs_age;
+		}
+		if (rs.failing_seconds >= 60)
+			fprintf(stderr, "drfs: WARNING: replication to %s has been failing for %.0f s: %s\n",
+				rs.url, rs.failing_seconds, rs.last_error);
+	}
+	double gib = have_rs ? rs.put_bytes / 1073741824.0 : 0;
+	if (prom && write_prometheus(prom, &b, jret ? NULL : &js, nsnaps, last ? age : -1,
+				     have_rs ? &rs : NULL, mounted)) {
+		say_error("cannot write %s: %s", prom, strerror(errno));
+		ret = EXIT_FAIL;
+	}
+
 	if (json) {
 		printf("{\"backing\":");
 		json_str(b.path);
@@ -165,6 +249,31 @@ int cmd_status(int argc, char **argv)
 			printf(",\"snapshots\":{\"error\":\"%s\"}", strerror(-sret));
 		if (pitr)
 			printf(",\"point_in_time_from\":\"%s\"", pitr_when);
+		if (have_rs) {
+			printf(",\"replica\":{\"url\":");
+			json_str(rs.url);
+			printf(",\"running\":%s,\"ok\":%s,\"lag_seconds\":%.3f,\"lag_bytes\":%llu,"
+			       "\"remote_lsn\":%llu,\"durable_lsn\":%llu,\"queue_objects\":%llu,"
+			       "\"queue_bytes\":%llu,\"pieces\":%llu,\"objects\":%llu,\"retries\":%llu,"
+			       "\"requests\":%llu,\"put_bytes\":%llu,\"requests_per_gib\":%.1f,"
+			       "\"failing_seconds\":%.0f,\"last_success\":",
+			       mounted ? "true" : "false", rs.failing_seconds ? "false" : "true",
+			       rs.lag_seconds, (unsigned long long)rs.lag_bytes,
+			       (unsigned long long)rs.remote_lsn, (unsigned long long)rs.durable_lsn,
+			       (unsigned long long)rs.queue_objects, (unsigned long long)rs.queue_bytes,
+			       (unsigned long long)rs.pieces, (unsigned long long)rs.objects,
+			       (unsigned long long)rs.retries, (unsigned long long)rs.requests,
+			       (unsigned long long)rs.put_bytes, gib > 0 ? rs.requests / gib : 0.0,
+			       rs.failing_seconds);
+			json_str(rs.last_success);
+			printf(",\"last_error\":");
+			json_str(rs.last_error);
+			printf(",\"last_error_code\":");
+			json_str(rs.last_error_code);
+			printf(",\"head_snapshot\":");
+			json_str(rs.head_snapshot);
+			printf("}");
+		}
 		printf(",\"disk_bytes\":%llu,\"disk_free_bytes\":%llu}\n", total, avail);
 	} else {
 		printf("backing:     %s\n", b.path);
@@ -204,10 +313,27 @@ int cmd_status(int argc, char **argv)
 		}
 		else if (last)
 			printf("restorable:  the snapshots only (the journal after them is not kept)\n");
+		if (have_rs) {
+			if (rs.failing_seconds)
+				printf("replica:     %s  FAILING for %.0f s: %s\n", rs.url, rs.failing_seconds,
+				       rs.last_error);
+			else
+				printf("replica:     %s  ok%s\n", rs.url,
+				       mounted ? "" : " (not mounted: figures from the last mount)");
+			printf("rpo:         %.1f s, %llu bytes behind the durable journal (replica at LSN %llu); last success %s\n",
+			       rs.lag_seconds, (unsigned long long)rs.lag_bytes,
+			       (unsigned long long)rs.remote_lsn,
+			       rs.last_success[0] ? rs.last_success : "never");
+			printf("shipping:    %llu objects (%.1f MiB) waiting; %llu journal pieces and %llu objects shipped, %.1f MiB; %llu requests (%.0f per GiB), %llu retries\n",
+			       (unsigned long long)rs.queue_objects, rs.queue_bytes / 1048576.0,
+			       (unsigned long long)rs.pieces, (unsigned long long)rs.objects,
+			       rs.put_bytes / 1048576.0, (unsigned long long)rs.requests,
+			       gib > 0 ? rs.requests / gib : 0.0, (unsigned long long)rs.retries);
+		}
 	}
 	free(snaps);
 	free(rdir);
 	mount_record_release(&rec);
 	backing_release(&b);
-	return EXIT_OK;
+	return ret;
 }
