@@ -711,6 +711,9 @@ static void *repo_thread(void *arg)
 		r->kicked = false;
 		pthread_mutex_unlock(&r->lock);
 		struct backend_err err = { 0 };
+		pthread_mutex_lock(&r->lock);
+		uint64_t objects_before = r->objects;
+		pthread_mutex_unlock(&r->lock);
 		int ret = ship_repo_once(r, &err);
 		if (ret) {
 			note_failure(r, &err);
@@ -718,6 +721,11 @@ static void *repo_thread(void *arg)
 				break;
 			continue;
 		}
+		pthread_mutex_lock(&r->lock);
+		bool sent = r->objects != objects_before;
+		pthread_mutex_unlock(&r->lock);
+		if (sent)
+			note_success(r);   /* only a pass that talked to the replica says it works */
 		delay = BACKOFF_MIN_S;
 		if (!nap(r, REPO_RESCAN_S, true))
 			break;
