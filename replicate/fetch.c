@@ -4,10 +4,14 @@
  * local journal reader reads, for point-in-time restores from a replica.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../journal/journal.h"
 #include "replicate_i.h"
@@ -160,5 +164,74 @@ int replica_fetch_journal(struct backend *b, uint64_t from, const char *dir, uin
 out:
 	free(s.b);
 	free(p.v);
+	return ret;
+}
+
+/* ---- a local copy of a replica's repository ---- */
+
+struct mirror {
+	struct backend *b;
+	const char *dir;
+	uint64_t fetched, bytes;
+	int ret;
+	struct backend_err *err;
+};
+
+static int mirror_one(void *arg, const char *key, uint64_t size)
+{
+	struct mirror *m = arg;
+	char path[PATH_MAX], tmp[PATH_MAX + 8];
+	struct stat st;
+
+	/* the journal is read piece by piece when needed; head changes: always fetched */
+	if (!strncmp(key, "journal/", 8) || strstr(key, ".."))
+		return 0;
+	if (snprintf(path, sizeof(path), "%s/%s", m->dir, key) >= (int)sizeof(path))
+		return 0;
+	if (strcmp(key, "head") && stat(path, &st) == 0 && (uint64_t)st.st_size == size)
+		return 0;       /* objects are immutable: one of the right size is the one */
+	for (char *p = strchr(path + strlen(m->dir) + 1, '/'); p; p = strchr(p + 1, '/')) {
+		*p = 0;
+		mkdir(path, 0755);
+		*p = '/';
+	}
+	void *data;
+	size_t len;
+	int ret = backend_get(m->b, key, &data, &len, m->err);
+	if (ret)
+		return ret;
+	snprintf(tmp, sizeof(tmp), "%s.part", path);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	ret = fd < 0 ? -errno : write_all(fd, data, len);
+	if (fd >= 0)
+		close(fd);
+	free(data);
+	if (!ret && rename(tmp, path))
+		ret = -errno;
+	if (ret) {
+		unlink(tmp);
+		backend_err_set(m->err, false, 0, NULL, "cannot write %s: %s", path, strerror(-ret));
+		return ret;
+	}
+	m->fetched++;
+	m->bytes += len;
+	return 0;
+}
+
+int replica_mirror(struct backend *b, const char *dir, uint64_t *fetched, uint64_t *bytes,
+		   struct backend_err *err)
+{
+	struct mirror m = { .b = b, .dir = dir, .err = err };
+	int ret;
+
+	if (mkdir(dir, 0700) && errno != EEXIST) {
+		backend_err_set(err, false, 0, NULL, "cannot make %s: %s", dir, strerror(errno));
+		return -errno;
+	}
+	ret = backend_list(b, "", mirror_one, &m, err);
+	if (fetched)
+		*fetched = m.fetched;
+	if (bytes)
+		*bytes = m.bytes;
 	return ret;
 }

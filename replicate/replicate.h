@@ -95,6 +95,15 @@ void backend_get_counters(struct backend *b, struct backend_counters *c);
 int replica_fetch_journal(struct backend *b, uint64_t from, const char *dir, uint64_t *end,
 			  struct backend_err *err);
 
+/*
+ * Brings DIR up to date with the replica's repository (every object but
+ * the journal; objects already there are kept, being immutable), so that
+ * the local repository code reads it.  *FETCHED and *BYTES (may be NULL)
+ * what was downloaded.  0 or -errno (ERR says why).
+ */
+int replica_mirror(struct backend *b, const char *dir, uint64_t *fetched, uint64_t *bytes,
+		   struct backend_err *err);
+
 /* ---- the replicator (replicator.c) ---- */
 
 struct journal;
@@ -143,6 +152,10 @@ struct replica_status {
 	char last_error[512], last_error_code[64];
 	int last_error_http;
 	char head_snapshot[65];
+	/* RPO at its worst moments: for each of the last pieces (up to 4096), how
+	 * old its oldest record was when the piece reached the replica, seconds */
+	uint64_t piece_lag_count;
+	double piece_lag_p50, piece_lag_p99, piece_lag_max;
 };
 /* 0, -ENOENT (never replicated), or -errno. */
 int replica_status_read(const char *state_dir, struct replica_status *st);

@@ -30,6 +30,7 @@
 #define BACKOFF_MIN_S 1.0
 #define BACKOFF_MAX_S 60.0
 #define REPO_RESCAN_S 60
+#define LAG_RING 4096                 /* pieces whose lag the status summarises */
 
 struct strset {                       /* keys known to be on the replica */
 	char **v;
@@ -61,6 +62,9 @@ struct replicator {
 	struct backend_err last_err;
 	double last_err_time;
 	int shipped_fd;               /* STATE/replica/shipped, append */
+	/* how old the oldest record of each recent piece was when the piece landed (ms) */
+	uint32_t piece_lag[LAG_RING];
+	uint64_t nlag;
 };
 
 static double wall_s(void)
@@ -387,10 +391,14 @@ static int ship_journal_once(struct replicator *r, struct backend_err *err)
 	snprintf(key, sizeof(key), "journal/%08x/%016llx-%016llx.log", tl,
 		 (unsigned long long)from, (unsigned long long)(from + len));
 	ret = backend_put(r->be, key, buf, len, err);
+	int64_t first_ns;
+	memcpy(&first_ns, buf + 16, 8);
 	free(buf);
 	if (ret)
 		return ret;
+	double lag = wall_s() - first_ns / 1e9;
 	pthread_mutex_lock(&r->lock);
+	r->piece_lag[r->nlag++ % LAG_RING] = lag < 0 ? 0 : (uint32_t)(lag * 1000);
 	r->shipped_lsn = from + len;
 	r->timeline = tl;
 	r->pieces++;
@@ -735,10 +743,16 @@ static void *repo_thread(void *arg)
 
 /* ---- status ---- */
 
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
 static void write_status(struct replicator *r)
 {
 	struct backend_counters c;
-	char buf[2048], ok[40] = "", since[40] = "";
+	char buf[2560], ok[40] = "", since[40] = "";
 	int fd;
 
 	backend_get_counters(r->be, &c);
@@ -749,6 +763,9 @@ static void write_status(struct replicator *r)
 	if (r->failing_since)
 		iso_time(r->failing_since, since, sizeof(since));
 	uint64_t lag_bytes = r->durable_lsn > r->shipped_lsn ? r->durable_lsn - r->shipped_lsn : 0;
+	size_t nl = r->nlag < LAG_RING ? (size_t)r->nlag : LAG_RING;
+	uint32_t sorted[LAG_RING];
+	memcpy(sorted, r->piece_lag, nl * sizeof(*sorted));
 	double lag_s = r->oldest_unshipped_ns ? now - r->oldest_unshipped_ns / 1e9 : 0;
 	if (lag_s < 0)
 		lag_s = 0;
@@ -768,6 +785,12 @@ static void write_status(struct replicator *r)
 			 r->failing_since ? r->last_err.msg : "", r->failing_since ? r->last_err.code : "",
 			 r->failing_since ? r->last_err.http : 0, r->head_snap);
 	pthread_mutex_unlock(&r->lock);
+	qsort(sorted, nl, sizeof(*sorted), cmp_u32);
+	if (nl)
+		n += snprintf(buf + n, sizeof(buf) - (size_t)n,
+			      "piece_lag_count=%zu\npiece_lag_p50=%.3f\npiece_lag_p99=%.3f\npiece_lag_max=%.3f\n",
+			      nl, sorted[nl / 2] / 1000.0, sorted[(nl * 99) / 100] / 1000.0,
+			      sorted[nl - 1] / 1000.0);
 	fd = open(r->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return;
@@ -963,6 +986,10 @@ int replica_status_read(const char *state_dir, struct replica_status *st)
 	snprintf(st->last_error_code, sizeof(st->last_error_code), "%s", S("last_error_code"));
 	st->last_error_http = atoi(S("last_error_http"));
 	snprintf(st->head_snapshot, sizeof(st->head_snapshot), "%s", S("head_snapshot"));
+	st->piece_lag_count = strtoull(S("piece_lag_count"), NULL, 10);
+	st->piece_lag_p50 = strtod(S("piece_lag_p50"), NULL);
+	st->piece_lag_p99 = strtod(S("piece_lag_p99"), NULL);
+	st->piece_lag_max = strtod(S("piece_lag_max"), NULL);
 #undef S
 	kv_free(kv);
 	return 0;

@@ -337,6 +337,47 @@ out:
 
 /* ---- opening a SOURCE: a backing directory, a repository path or file:// URL ---- */
 
+/*
+ * A local copy of an object-store replica's repository, brought up to date:
+ * $DRFS_CACHE_DIR, or /var/cache/drfs/ID with ID from the URL.  The
+ * directory, or NULL after a message.
+ */
+static char *mirror_replica(const char *url)
+{
+	struct backend *be = NULL;
+	struct backend_err err = { 0 };
+	struct store_id h;
+	char hex[65], *dir;
+	uint64_t n = 0, bytes = 0;
+	const char *env = getenv("DRFS_CACHE_DIR");
+
+	store_hash(url, strlen(url), &h);
+	store_id_hex(&h, hex);
+	hex[16] = 0;
+	if (env && *env) {
+		dir = strdup(env);
+	} else {
+		mkdir("/var/cache/drfs", 0700);
+		dir = path_join("/var/cache/drfs", hex);
+	}
+	if (!dir)
+		return NULL;
+	int ret = backend_open(url, &be, &err);
+	if (!ret)
+		ret = replica_mirror(be, dir, &n, &bytes, &err);
+	if (be)
+		backend_close(be);
+	if (ret) {
+		say_error("cannot read the replica %s: %s", url, err.msg);
+		free(dir);
+		return NULL;
+	}
+	if (n)
+		fprintf(stderr, "drfs: fetched %llu objects (%.1f MiB) of %s into %s\n",
+			(unsigned long long)n, bytes / 1048576.0, url, dir);
+	return dir;
+}
+
 int source_open(const char *src, struct repo **r, char **backing)
 {
 	char *dir = NULL;
@@ -347,6 +388,10 @@ int source_open(const char *src, struct repo **r, char **backing)
 	/* absolute: a daemon changes to / when it detaches */
 	if (!strncmp(src, "file://", 7)) {
 		dir = path_absolute(src + 7);
+	} else if (!strncmp(src, "s3://", 5)) {
+		dir = mirror_replica(src);
+		if (!dir)
+			return -EIO;
 	} else {
 		char *conf = path_join(src, DRFS_STATE_NAME "/" DRFS_CONF_NAME);
 		struct stat st;

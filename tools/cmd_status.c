@@ -256,7 +256,8 @@ int cmd_status(int argc, char **argv)
 			       "\"remote_lsn\":%llu,\"durable_lsn\":%llu,\"queue_objects\":%llu,"
 			       "\"queue_bytes\":%llu,\"pieces\":%llu,\"objects\":%llu,\"retries\":%llu,"
 			       "\"requests\":%llu,\"put_bytes\":%llu,\"requests_per_gib\":%.1f,"
-			       "\"failing_seconds\":%.0f,\"last_success\":",
+			       "\"failing_seconds\":%.0f,\"piece_lag_count\":%llu,\"piece_lag_p50\":%.3f,"
+			       "\"piece_lag_p99\":%.3f,\"piece_lag_max\":%.3f,\"last_success\":",
 			       mounted ? "true" : "false", rs.failing_seconds ? "false" : "true",
 			       rs.lag_seconds, (unsigned long long)rs.lag_bytes,
 			       (unsigned long long)rs.remote_lsn, (unsigned long long)rs.durable_lsn,
@@ -264,7 +265,8 @@ int cmd_status(int argc, char **argv)
 			       (unsigned long long)rs.pieces, (unsigned long long)rs.objects,
 			       (unsigned long long)rs.retries, (unsigned long long)rs.requests,
 			       (unsigned long long)rs.put_bytes, gib > 0 ? rs.requests / gib : 0.0,
-			       rs.failing_seconds);
+			       rs.failing_seconds, (unsigned long long)rs.piece_lag_count,
+			       rs.piece_lag_p50, rs.piece_lag_p99, rs.piece_lag_max);
 			json_str(rs.last_success);
 			printf(",\"last_error\":");
 			json_str(rs.last_error);
@@ -324,6 +326,10 @@ int cmd_status(int argc, char **argv)
 			       rs.lag_seconds, (unsigned long long)rs.lag_bytes,
 			       (unsigned long long)rs.remote_lsn,
 			       rs.last_success[0] ? rs.last_success : "never");
+			if (rs.piece_lag_count)
+				printf("rpo history: when each of the last %llu pieces landed its oldest record was p50 %.2f s, p99 %.2f s, max %.2f s old\n",
+				       (unsigned long long)rs.piece_lag_count, rs.piece_lag_p50,
+				       rs.piece_lag_p99, rs.piece_lag_max);
 			printf("shipping:    %llu objects (%.1f MiB) waiting; %llu journal pieces and %llu objects shipped, %.1f MiB; %llu requests (%.0f per GiB), %llu retries\n",
 			       (unsigned long long)rs.queue_objects, rs.queue_bytes / 1048576.0,
 			       (unsigned long long)rs.pieces, (unsigned long long)rs.objects,

@@ -1,0 +1,118 @@
+#!/bin/bash
+# Replication benchmarks, side by side in one run.
+#
+#  1. RPO under load: fio writes RATE (default 20 MB/s) for DURATION seconds
+#     (default 60) on a replicated mount, with an fdatasync every 2 MiB (a
+#     database's commits; without a flush the kernel may hold dirty pages
+#     for 30 s whatever the filesystem).  Reported: the replicator's own
+#     figure for every piece (how old the piece's oldest record was when the
+#     piece landed on the replica: the RPO at its worst moment of each
+#     cycle) as p50/p99/max, and the lag `drfs status` showed, sampled every
+#     0.2 s.
+#  2. The mount's own speed with replication on against off: a sequential
+#     write and a 4 KiB random write with fsync after each, alternating the
+#     two mounts REPS times, medians and the ratio on/off.
+#
+#   bench/replica.sh [--quick] [--url URL]
+#   env: BENCH_DIR (default /var/tmp/drfs-bench-replica), RATE (20m),
+#        DURATION (60), REPS (3)
+# --url replicates to URL instead of a file:// directory under BENCH_DIR
+# (e.g. an s3:// URL; credentials from the environment).
+set -u
+top=$(cd "$(dirname "$0")/.." && pwd)
+drfs=$top/drfs
+dir=${BENCH_DIR:-/var/tmp/drfs-bench-replica}
+rate=${RATE:-20m}
+duration=${DURATION:-60}
+reps=${REPS:-3}
+url=""
+while [ $# -gt 0 ]; do
+	case $1 in
+	--quick) duration=20; reps=1 ;;
+	--url) url=$2; shift ;;
+	*) echo "usage: bench/replica.sh [--quick] [--url URL]" >&2; exit 2 ;;
+	esac
+	shift
+done
+command -v fio >/dev/null || { echo "bench: fio is missing (make deps installs it)" >&2; exit 1; }
+[ -x "$drfs" ] || { echo "bench: build drfs first (make)" >&2; exit 1; }
+
+mounts=()
+cleanup() {
+	for m in "${mounts[@]}"; do
+		mountpoint -q "$m" && "$drfs" umount "$m" >/dev/null 2>&1
+	done
+}
+trap cleanup EXIT
+rm -rf "$dir"
+mkdir -p "$dir"
+[ -n "$url" ] || { mkdir -p "$dir/replica"; url="file://$dir/replica"; }
+
+# ---- 1. RPO under load ----
+"$drfs" init "$dir/on" --replica "$url" >/dev/null
+mkdir -p "$dir/mon"
+"$drfs" mount "$dir/on" "$dir/mon" -o nosnapshot,snapshot_interval=0
+mounts+=("$dir/mon")
+: >"$dir/lag.samples"
+(
+	while :; do
+		"$drfs" status "$dir/on" --json 2>/dev/null |
+			python3 -c 'import json,sys; print(json.load(sys.stdin)["replica"]["lag_seconds"])' \
+			>>"$dir/lag.samples" 2>/dev/null
+		sleep 0.2
+	done
+) &
+sampler=$!
+fio --name=rpo --directory="$dir/mon" --rw=write --bs=64k --size=4G --rate="$rate" \
+	--time_based --runtime="$duration" --fdatasync=32 --output="$dir/fio-rpo.txt" >/dev/null
+kill $sampler 2>/dev/null
+wait $sampler 2>/dev/null
+sleep 3
+status=$("$drfs" status "$dir/on" --json)
+python3 - "$dir/lag.samples" "$status" "$rate" "$duration" "$url" <<'EOF'
+import json, sys
+samples = sorted(float(x) for x in open(sys.argv[1]) if x.strip())
+st = json.loads(sys.argv[2])["replica"]
+def pct(v, p):
+    return v[min(len(v) - 1, int(len(v) * p))] if v else float("nan")
+print("replica: %s; fio %s/s for %s s with fdatasync every 2 MiB" % (sys.argv[5], sys.argv[3], sys.argv[4]))
+print("  per piece (RPO at its worst moment of each cycle, %d pieces): p50 %.2f s  p99 %.2f s  max %.2f s"
+      % (st["piece_lag_count"], st["piece_lag_p50"], st["piece_lag_p99"], st["piece_lag_max"]))
+print("  status lag sampled every 0.2 s (%d samples): p50 %.2f s  p99 %.2f s  max %.2f s"
+      % (len(samples), pct(samples, 0.5), pct(samples, 0.99), samples[-1] if samples else float("nan")))
+gib = st["put_bytes"] / 2**30
+print("  shipped %.2f GiB in %d requests: %.0f requests per GiB; retries %d; lag now %d bytes"
+      % (gib, st["requests"], st["requests"] / gib if gib else 0, st["retries"], st["lag_bytes"]))
+EOF
+"$drfs" umount "$dir/mon"
+
+# ---- 2. the mount's own speed, replication on and off ----
+"$drfs" init "$dir/off" >/dev/null
+mkdir -p "$dir/moff"
+"$drfs" mount "$dir/on" "$dir/mon" -o nosnapshot,snapshot_interval=0
+"$drfs" mount "$dir/off" "$dir/moff" -o nosnapshot,snapshot_interval=0
+mounts+=("$dir/moff")
+run_job() { # JOB DIR: prints MB/s (seq) or IOPS (randsync)
+	local job=$1 d=$2
+	rm -rf "$d"/fio.*
+	case $job in
+	seq) fio --name=fio --directory="$d" --rw=write --bs=1m --size=1G --end_fsync=1 \
+		--output-format=json | python3 -c 'import json,sys; print("%.1f" % (json.load(sys.stdin)["jobs"][0]["write"]["bw"]/1024))' ;;
+	randsync) fio --name=fio --directory="$d" --rw=randwrite --bs=4k --size=64M --fsync=1 \
+		--time_based --runtime=10 --output-format=json |
+		python3 -c 'import json,sys; print("%.0f" % json.load(sys.stdin)["jobs"][0]["write"]["iops"])' ;;
+	esac
+}
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+for job in seq randsync; do
+	on=(); off=()
+	for _ in $(seq 1 "$reps"); do
+		off+=("$(run_job $job "$dir/moff")")
+		on+=("$(run_job $job "$dir/mon")")
+	done
+	mon=$(printf '%s\n' "${on[@]}" | median)
+	moff=$(printf '%s\n' "${off[@]}" | median)
+	unit=$([ $job = seq ] && echo MB/s || echo IOPS)
+	printf '%-9s replication on %8s %s   off %8s %s   ratio on/off %.2f\n' "$job" "$mon" "$unit" \
+		"$moff" "$unit" "$(echo "$mon $moff" | awk '{print $1/$2}')"
+done
