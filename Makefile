@@ -61,7 +61,7 @@ drfs: $(call obj,$(BUILD),$(DRFS_SRC)) $(FLAVOUR)
 	@echo "  LINK    $@"
 	@$(CC) $(CFLAGS) $(EXTRA) $(LDFLAGS) -o $@ $(filter %.o,$^) $(PKG_LIBS)
 
-UNIT_TESTS := tests/unit/test_common tests/unit/test_fs tests/unit/test_journal tests/unit/test_store tests/unit/test_repo
+UNIT_TESTS := tests/unit/test_common tests/unit/test_fs tests/unit/test_journal tests/unit/test_store tests/unit/test_repo tests/unit/test_replicate
 tests/unit/test_common: build/san/tests/unit/test_common.o $(call obj,build/san,$(COMMON_SRC))
 	@echo "  LINK    $@"
 	@$(CC) $(CFLAGS) $(SANFLAGS) -Wl,--wrap=fsync,--wrap=write -o $@ $^ -lcmocka
@@ -75,6 +75,9 @@ tests/unit/test_store: build/san/tests/unit/test_store.o $(call obj,build/san,$(
 	@echo "  LINK    $@"
 	@$(CC) $(CFLAGS) $(SANFLAGS) -o $@ $^ -lcmocka $(PKG_LIBS)
 tests/unit/test_repo: build/san/tests/unit/test_repo.o $(call obj,build/san,$(COMMON_SRC) $(JOURNAL_SRC) $(STORE_SRC))
+	@echo "  LINK    $@"
+	@$(CC) $(CFLAGS) $(SANFLAGS) -o $@ $^ -lcmocka $(PKG_LIBS)
+tests/unit/test_replicate: build/san/tests/unit/test_replicate.o $(call obj,build/san,$(COMMON_SRC) $(JOURNAL_SRC) $(STORE_SRC) $(REPLICATE_SRC))
 	@echo "  LINK    $@"
 	@$(CC) $(CFLAGS) $(SANFLAGS) -o $@ $^ -lcmocka $(PKG_LIBS)
 

@@ -383,6 +383,29 @@ static int ship_journal_once(struct replicator *r, struct backend_err *err)
 	if (durable <= from)
 		return 0;
 	int ret = read_piece(r, from, durable, &buf, &len, &tl);
+	if (ret == -ENOENT) {
+		/*
+		 * Recycled while nothing replicated (a mount without the replica):
+		 * the snapshots cover that stretch; the journal goes on from the
+		 * oldest record kept.
+		 */
+		struct jreader *rd;
+		struct jrec rec;
+		if (jreader_open(r->cfg.journal_dir, from, &rd) == 0) {
+			if (jreader_next(rd, &rec) == 1 && rec.lsn > from) {
+				log_warn("replica %s: the journal from LSN %llu to %llu was recycled before it was shipped; the replica's journal goes on from %llu (its snapshots cover the gap)",
+					 backend_url(r->be), (unsigned long long)from,
+					 (unsigned long long)rec.lsn, (unsigned long long)rec.lsn);
+				pthread_mutex_lock(&r->lock);
+				r->shipped_lsn = rec.lsn;
+				pthread_mutex_unlock(&r->lock);
+				jreader_close(rd);
+				save_state(r);
+				return 1;
+			}
+			jreader_close(rd);
+		}
+	}
 	if (ret) {
 		backend_err_set(err, false, 0, NULL, "cannot read the journal at LSN %llu in %s: %s",
 				(unsigned long long)from, r->cfg.journal_dir, strerror(-ret));

@@ -1,0 +1,302 @@
+/*
+ * test_replicate.c - replicate/: the file:// backend (objects appear whole,
+ * listing in key order under a prefix, ranged reads, absent objects, a
+ * missing replica directory, keys that would climb out) and the journal
+ * read back from pieces (chains, overlaps, gaps, damage).
+ *
+ * Every test works in its own directory under /tmp, removed at the end.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "../../common/common.h"
+#include "../../journal/journal.h"
+#include "../../replicate/replicate.h"
+
+struct fix {
+	char root[64];
+	char url[96];
+	struct backend *b;
+};
+
+static int setup(void **state)
+{
+	struct fix *f = calloc(1, sizeof(*f));
+	struct backend_err err = { 0 };
+
+	assert_non_null(f);
+	strcpy(f->root, "/tmp/test_replicate.XXXXXX");
+	assert_non_null(mkdtemp(f->root));
+	snprintf(f->url, sizeof(f->url), "file://%s", f->root);
+	assert_int_equal(backend_open(f->url, &f->b, &err), 0);
+	*state = f;
+	return 0;
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	return remove(path);
+}
+
+static int teardown(void **state)
+{
+	struct fix *f = *state;
+
+	backend_close(f->b);
+	nftw(f->root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	free(f);
+	return 0;
+}
+
+struct listed {
+	char keys[16][64];
+	uint64_t sizes[16];
+	int n;
+};
+
+static int collect(void *arg, const char *key, uint64_t size)
+{
+	struct listed *l = arg;
+	if (l->n == 16)
+		return -E2BIG;
+	snprintf(l->keys[l->n], sizeof(l->keys[0]), "%s", key);
+	l->sizes[l->n++] = size;
+	return 0;
+}
+
+static void test_put_get_list(void **state)
+{
+	struct fix *f = *state;
+	struct backend_err err = { 0 };
+	struct listed l = { 0 };
+	void *data;
+	size_t len;
+	uint64_t size;
+	char buf[8];
+
+	assert_int_equal(backend_put(f->b, "packs/ab/abc.pack", "pack-bytes", 10, &err), 0);
+	assert_int_equal(backend_put(f->b, "index/1.idx", "i", 1, &err), 0);
+	assert_int_equal(backend_put(f->b, "packs/00/0.pack", "zero", 4, &err), 0);
+	assert_int_equal(backend_put(f->b, "config", "c=1\n", 4, &err), 0);
+	/* replaced whole */
+	assert_int_equal(backend_put(f->b, "config", "c=22\n", 5, &err), 0);
+
+	assert_int_equal(backend_get(f->b, "config", &data, &len, &err), 0);
+	assert_int_equal(len, 5);
+	assert_memory_equal(data, "c=22\n", 5);
+	free(data);
+	assert_int_equal(backend_get_range(f->b, "packs/ab/abc.pack", 5, 8, buf, &err), 5);
+	assert_memory_equal(buf, "bytes", 5);
+	assert_int_equal(backend_head(f->b, "packs/00/0.pack", &size, &err), 0);
+	assert_int_equal(size, 4);
+	assert_int_equal(backend_head(f->b, "packs/00/1.pack", &size, &err), -ENOENT);
+	assert_int_equal(backend_get(f->b, "nothing", &data, &len, &err), -ENOENT);
+
+	assert_int_equal(backend_list(f->b, "packs/", collect, &l, &err), 0);
+	assert_int_equal(l.n, 2);
+	assert_string_equal(l.keys[0], "packs/00/0.pack");
+	assert_string_equal(l.keys[1], "packs/ab/abc.pack");
+	assert_int_equal(l.sizes[1], 10);
+	memset(&l, 0, sizeof(l));
+	assert_int_equal(backend_list(f->b, "", collect, &l, &err), 0);
+	assert_int_equal(l.n, 4);
+	assert_string_equal(l.keys[0], "config");
+	assert_string_equal(l.keys[1], "index/1.idx");
+	/* no temporary file is left behind by a put */
+	memset(&l, 0, sizeof(l));
+	assert_int_equal(backend_list(f->b, "p", collect, &l, &err), 0);
+	assert_int_equal(l.n, 2);
+
+	assert_int_equal(backend_delete(f->b, "index/1.idx", &err), 0);
+	assert_int_equal(backend_delete(f->b, "index/1.idx", &err), 0);
+	assert_int_equal(backend_head(f->b, "index/1.idx", NULL, &err), -ENOENT);
+	struct backend_counters c;
+	backend_get_counters(f->b, &c);
+	assert_true(c.requests >= 12);
+	assert_int_equal(c.put_bytes, 10 + 1 + 4 + 4 + 5);
+}
+
+static void test_put_fd(void **state)
+{
+	struct fix *f = *state;
+	struct backend_err err = { 0 };
+	char path[128];
+	size_t n = 3 << 20;
+	unsigned char *src = malloc(n);
+	void *data;
+	size_t len;
+
+	assert_non_null(src);
+	for (size_t i = 0; i < n; i++)
+		src[i] = (unsigned char)(i * 7 + (i >> 12));
+	snprintf(path, sizeof(path), "%s/source", f->root);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write_all(fd, src, n), 0);
+	assert_int_equal(backend_put_fd(f->b, "big/x", fd, 1000, n - 2000, &err), 0);
+	/* the source shorter than asked: an error, and no object */
+	assert_int_not_equal(backend_put_fd(f->b, "big/y", fd, 0, n + 1, &err), 0);
+	close(fd);
+	assert_int_equal(backend_get(f->b, "big/x", &data, &len, &err), 0);
+	assert_int_equal(len, n - 2000);
+	assert_memory_equal(data, src + 1000, n - 2000);
+	free(data);
+	assert_int_equal(backend_head(f->b, "big/y", NULL, &err), -ENOENT);
+	free(src);
+}
+
+static void test_errors(void **state)
+{
+	struct fix *f = *state;
+	struct backend_err err = { 0 };
+	struct backend *b;
+	char url[128];
+
+	assert_int_equal(backend_put(f->b, "../escape", "x", 1, &err), -EINVAL);
+	assert_int_equal(backend_put(f->b, "/abs", "x", 1, &err), -EINVAL);
+	assert_int_equal(backend_open("file://relative", &b, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "file:///path"));
+	assert_int_equal(backend_open("gopher://x", &b, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "s3://"));
+
+	/* a missing replica directory is not created: it is an unmounted disk */
+	snprintf(url, sizeof(url), "file://%s/not-mounted", f->root);
+	assert_int_equal(backend_open(url, &b, &err), 0);
+	memset(&err, 0, sizeof(err));
+	assert_int_equal(backend_put(b, "config", "x", 1, &err), -ENOENT);
+	assert_true(err.retry);
+	assert_non_null(strstr(err.msg, "not-mounted/config"));
+	assert_non_null(strstr(err.msg, "missing"));
+	char path[128];
+	snprintf(path, sizeof(path), "%s/not-mounted", f->root);
+	assert_int_equal(access(path, F_OK), -1);
+	backend_close(b);
+}
+
+/* ---- the journal from pieces ---- */
+
+/* Builds N records (WRITEs; a SEAL after record SEAL_AT) from LSN 0 into BUF; returns the length. */
+static size_t make_log(unsigned char *buf, int n, int seal_at, size_t *ends)
+{
+	size_t at = 0;
+	for (int i = 0; i < n; i++) {
+		struct jrec r = { .type = JR_WRITE, .fid = { 5, 1 }, .offset = (uint64_t)i * 10,
+				  .data = "0123456789", .data_len = 10, .lsn = at,
+				  .time_ns = 1000 + (uint64_t)i };
+		if (i == seal_at)
+			r = (struct jrec){ .type = JR_SEAL, .lsn = at, .time_ns = 1000 + (uint64_t)i };
+		at += jrec_encode(&r, buf + at);
+		ends[i] = at;
+	}
+	return at;
+}
+
+static int count_records(const char *dir, uint64_t from, uint64_t *end)
+{
+	struct jreader *rd;
+	struct jrec r;
+	int n = 0;
+
+	assert_int_equal(jreader_open(dir, from, &rd), 0);
+	while (jreader_next(rd, &r) == 1)
+		n++;
+	*end = jreader_lsn(rd);
+	jreader_close(rd);
+	return n;
+}
+
+static void put_piece(struct fix *f, const unsigned char *log, size_t a, size_t b)
+{
+	char key[96];
+	struct backend_err err = { 0 };
+	snprintf(key, sizeof(key), "journal/00000001/%016zx-%016zx.log", a, b);
+	assert_int_equal(backend_put(f->b, key, log + a, b - a, &err), 0);
+}
+
+static void test_fetch_journal(void **state)
+{
+	struct fix *f = *state;
+	unsigned char log[8192];
+	size_t ends[40];
+	size_t len = make_log(log, 40, 19, ends);
+	char dir[128];
+	uint64_t end;
+	struct backend_err err = { 0 };
+
+	/* pieces cut anywhere between records, one overlapping two others */
+	put_piece(f, log, 0, ends[6]);
+	put_piece(f, log, ends[6], ends[25]);
+	put_piece(f, log, ends[3], ends[12]);
+	put_piece(f, log, ends[25], len);
+	snprintf(dir, sizeof(dir), "%s/j1", f->root);
+	mkdir(dir, 0700);
+	assert_int_equal(replica_fetch_journal(f->b, 0, dir, &end, &err), 0);
+	assert_int_equal(end, len);
+	uint64_t rend;
+	/* the SEAL splits the log into two segment files the reader follows */
+	assert_int_equal(count_records(dir, 0, &rend), 40);
+	assert_int_equal(rend, len);
+
+	/* from the middle of a piece */
+	snprintf(dir, sizeof(dir), "%s/j2", f->root);
+	mkdir(dir, 0700);
+	assert_int_equal(replica_fetch_journal(f->b, ends[9], dir, &end, &err), 0);
+	assert_int_equal(count_records(dir, ends[9], &rend), 30);
+
+	/* a gap: the chain stops before it */
+	struct backend_err e2 = { 0 };
+	char key[96];
+	snprintf(key, sizeof(key), "journal/00000001/%016zx-%016zx.log", ends[6], ends[25]);
+	assert_int_equal(backend_delete(f->b, key, &e2), 0);
+	snprintf(dir, sizeof(dir), "%s/j3", f->root);
+	mkdir(dir, 0700);
+	assert_int_equal(replica_fetch_journal(f->b, 0, dir, &end, &err), 0);
+	assert_int_equal(end, ends[12]);
+
+	/* not reaching back to FROM */
+	snprintf(dir, sizeof(dir), "%s/j4", f->root);
+	mkdir(dir, 0700);
+	assert_int_equal(replica_fetch_journal(f->b, ends[13], dir, &end, &err), 1);
+	assert_non_null(strstr(err.msg, "does not reach back"));
+
+	/* damage inside a piece: what precedes it, and an error naming the piece */
+	unsigned char bad[8192];
+	memcpy(bad, log, len);
+	bad[ends[29] + 45] ^= 1;
+	put_piece(f, bad, ends[25], len);
+	snprintf(key, sizeof(key), "journal/00000001/%016zx-%016zx.log", ends[6], ends[25]);
+	put_piece(f, log, ends[6], ends[25]);
+	snprintf(dir, sizeof(dir), "%s/j5", f->root);
+	mkdir(dir, 0700);
+	memset(&err, 0, sizeof(err));
+	assert_int_equal(replica_fetch_journal(f->b, ends[12], dir, &end, &err), -EBADMSG);
+	assert_int_equal(end, ends[29]);
+	assert_non_null(strstr(err.msg, "damaged"));
+	assert_int_equal(count_records(dir, ends[12], &rend), 29 - 12);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_put_get_list, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_put_fd, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_fetch_journal, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
