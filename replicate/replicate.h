@@ -118,6 +118,7 @@ struct replicator_config {
 	uint64_t start_lsn;           /* where a new replica's journal starts (the latest snapshot) */
 	unsigned ship_interval_ms;    /* 0: 1000 */
 	unsigned transfers;           /* packs uploaded at once; 0: 4 */
+	uint64_t bwlimit;             /* bytes per second over all uploads; 0: none */
 };
 
 /*
@@ -144,6 +145,7 @@ void replicator_stop(struct replicator *r, unsigned drain_s);
 struct replica_status {
 	char url[512];
 	double updated;               /* when the daemon wrote it, seconds since the epoch */
+	double durable_at;            /* when it read durable_lsn: the figures hold up to then */
 	uint64_t remote_lsn, durable_lsn, lag_bytes;
 	double lag_seconds;           /* age of the oldest record not on the replica; 0: none */
 	uint64_t pieces, objects, queue_objects, queue_bytes, retries, requests, put_bytes;

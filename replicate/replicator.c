@@ -65,6 +65,8 @@ struct replicator {
 	/* how old the oldest record of each recent piece was when the piece landed (ms) */
 	uint32_t piece_lag[LAG_RING];
 	uint64_t nlag;
+	double bw_next;               /* -o replica_bwlimit: when the next upload may start */
+	double durable_at;            /* when durable_lsn was read from the journal */
 };
 
 static double wall_s(void)
@@ -291,6 +293,25 @@ static double backoff(double *cur)
 	return d * (0.75 + 0.5 * ((double)rand() / RAND_MAX));
 }
 
+/*
+ * -o replica_bwlimit: an upload of BYTES waits its turn so that uploads
+ * average at most the limit (all threads share one schedule).
+ */
+static bool nap_status(struct replicator *r, double seconds);
+
+static void throttle(struct replicator *r, uint64_t bytes)
+{
+	if (!r->cfg.bwlimit)
+		return;
+	pthread_mutex_lock(&r->lock);
+	double now = wall_s(), start = r->bw_next > now ? r->bw_next : now;
+	double until = start + (double)bytes / (double)r->cfg.bwlimit;
+	r->bw_next = until;
+	pthread_mutex_unlock(&r->lock);
+	/* the upload goes when its share of the rate is spent: the average stays below */
+	nap_status(r, until - now);
+}
+
 /* ---- the journal shipper ---- */
 
 static uint64_t durable_lsn(struct replicator *r)
@@ -303,6 +324,7 @@ static uint64_t durable_lsn(struct replicator *r)
 		journal_get_stats(r->journal, &st);
 		lsn = st.durable_lsn;
 		r->durable_lsn = lsn;
+		r->durable_at = wall_s();
 	} else {
 		lsn = r->durable_lsn;
 	}
@@ -413,6 +435,7 @@ static int ship_journal_once(struct replicator *r, struct backend_err *err)
 	}
 	snprintf(key, sizeof(key), "journal/%08x/%016llx-%016llx.log", tl,
 		 (unsigned long long)from, (unsigned long long)(from + len));
+	throttle(r, len);
 	ret = backend_put(r->be, key, buf, len, err);
 	int64_t first_ns;
 	memcpy(&first_ns, buf + 16, 8);
@@ -551,6 +574,7 @@ static int put_file(struct replicator *r, const char *key, struct backend_err *e
 		backend_err_set(err, false, 0, NULL, "cannot read %s: %s", path, strerror(e));
 		return -e;
 	}
+	throttle(r, (uint64_t)st.st_size);
 	int ret = backend_put_fd(r->be, key, fd, 0, (size_t)st.st_size, err);
 	close(fd);
 	if (!ret)
@@ -793,12 +817,12 @@ static void write_status(struct replicator *r)
 	if (lag_s < 0)
 		lag_s = 0;
 	int n = snprintf(buf, sizeof(buf),
-			 "url=%s\nupdated=%.3f\nremote_lsn=%llu\ndurable_lsn=%llu\nlag_bytes=%llu\n"
+			 "url=%s\nupdated=%.3f\ndurable_at=%.3f\nremote_lsn=%llu\ndurable_lsn=%llu\nlag_bytes=%llu\n"
 			 "lag_seconds=%.3f\npieces=%llu\nobjects=%llu\nqueue_objects=%llu\n"
 			 "queue_bytes=%llu\nretries=%llu\nrequests=%llu\nput_bytes=%llu\n"
 			 "last_success=%s\nfailing_since=%s\nfailing_seconds=%.0f\n"
 			 "last_error=%s\nlast_error_code=%s\nlast_error_http=%d\nhead_snapshot=%s\n",
-			 backend_url(r->be), now, (unsigned long long)r->shipped_lsn,
+			 backend_url(r->be), now, r->durable_at, (unsigned long long)r->shipped_lsn,
 			 (unsigned long long)r->durable_lsn, (unsigned long long)lag_bytes, lag_s,
 			 (unsigned long long)r->pieces, (unsigned long long)r->objects,
 			 (unsigned long long)r->queue_objects, (unsigned long long)r->queue_bytes,
@@ -817,11 +841,14 @@ static void write_status(struct replicator *r)
 	fd = open(r->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return;
-	char tmp[] = "status.tmp";
+	char tmp[40];
+	snprintf(tmp, sizeof(tmp), "status.tmp%ld", (long)gettid());
 	int out = openat(fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (out >= 0) {
 		if (write_all(out, buf, (size_t)n) == 0)
 			renameat(fd, tmp, fd, "status");
+		else
+			unlinkat(fd, tmp, 0);
 		close(out);
 	}
 	close(fd);
@@ -991,6 +1018,7 @@ int replica_status_read(const char *state_dir, struct replica_status *st)
 #define S(k) (kv_get(kv, k) ? kv_get(kv, k) : "")
 	snprintf(st->url, sizeof(st->url), "%s", S("url"));
 	st->updated = strtod(S("updated"), NULL);
+	st->durable_at = strtod(S("durable_at"), NULL);
 	st->remote_lsn = strtoull(S("remote_lsn"), NULL, 10);
 	st->durable_lsn = strtoull(S("durable_lsn"), NULL, 10);
 	st->lag_bytes = strtoull(S("lag_bytes"), NULL, 10);

@@ -68,6 +68,8 @@ static const char mount_usage[] =
 	"                       drfs.conf's replica=, set by 'drfs init --replica')\n"
 	"  -o noreplica         do not replicate this mount\n"
 	"  -o ship_interval=MS  ship the journal to the replica that often (default 1000)\n"
+	"  -o replica_bwlimit=RATE\n"
+	"                       bytes per second to the replica at most (10M, 1G)\n"
 	"  -o nosnapshot        no snapshot at unmount (by default a clean unmount takes\n"
 	"                       one into STATE/repo, from the journal since the last)\n"
 	"  -f                   stay in the foreground, log to stderr\n"
@@ -102,6 +104,7 @@ struct mount_opts {
 	char *replica;       /* -o replica=URL (else drfs.conf's) */
 	bool noreplica;      /* -o noreplica: do not replicate this mount */
 	unsigned int ship_interval; /* ms between journal pieces; 0: default */
+	uint64_t replica_bwlimit;   /* bytes per second to the replica; 0: no limit */
 	bool debug;
 	bool foreground;
 	bool remount;        /* -o remount: change the flags of a mounted drfs */
@@ -213,6 +216,12 @@ static int parse_opts(const char *arg, struct mount_opts *o)
 			backend_close(be);
 			free(o->replica);
 			o->replica = strdup(value);
+		} else if (!strcmp(key, "replica_bwlimit") && value) {
+			if (parse_size(value, &o->replica_bwlimit) || !o->replica_bwlimit) {
+				say_error("mount option replica_bwlimit=%s: give bytes per second, e.g. 10M", value);
+				ret = EXIT_USAGE;
+				break;
+			}
 		} else if (!strcmp(key, "noreplica") && !value) {
 			o->noreplica = true;
 		} else if (!strcmp(key, "ship_interval") && value) {
@@ -611,6 +620,7 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 			.journal = fs_journal(fs),
 			.start_lsn = latest,
 			.ship_interval_ms = o->ship_interval,
+			.bwlimit = o->replica_bwlimit,
 		};
 		/* its threads (and the backend's) must leave the stop signals to fs_serve */
 		sigset_t all, old;
@@ -760,6 +770,8 @@ static const char *snapmount_refused(const struct mount_opts *o)
 		return "replica";
 	if (o->ship_interval)
 		return "ship_interval";
+	if (o->replica_bwlimit)
+		return "replica_bwlimit";
 	if (o->max_threads)
 		return "max_threads";
 	return NULL;

@@ -253,13 +253,13 @@ int cmd_status(int argc, char **argv)
 			printf(",\"replica\":{\"url\":");
 			json_str(rs.url);
 			printf(",\"running\":%s,\"ok\":%s,\"lag_seconds\":%.3f,\"lag_bytes\":%llu,"
-			       "\"remote_lsn\":%llu,\"durable_lsn\":%llu,\"queue_objects\":%llu,"
+			       "\"durable_at\":%.3f,\"remote_lsn\":%llu,\"durable_lsn\":%llu,\"queue_objects\":%llu,"
 			       "\"queue_bytes\":%llu,\"pieces\":%llu,\"objects\":%llu,\"retries\":%llu,"
 			       "\"requests\":%llu,\"put_bytes\":%llu,\"requests_per_gib\":%.1f,"
 			       "\"failing_seconds\":%.0f,\"piece_lag_count\":%llu,\"piece_lag_p50\":%.3f,"
 			       "\"piece_lag_p99\":%.3f,\"piece_lag_max\":%.3f,\"last_success\":",
 			       mounted ? "true" : "false", rs.failing_seconds ? "false" : "true",
-			       rs.lag_seconds, (unsigned long long)rs.lag_bytes,
+			       rs.lag_seconds, (unsigned long long)rs.lag_bytes, rs.durable_at,
 			       (unsigned long long)rs.remote_lsn, (unsigned long long)rs.durable_lsn,
 			       (unsigned long long)rs.queue_objects, (unsigned long long)rs.queue_bytes,
 			       (unsigned long long)rs.pieces, (unsigned long long)rs.objects,

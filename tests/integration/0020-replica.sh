@@ -15,12 +15,21 @@ rstat() {
 	"$DRFS" status "$1" --json 2>/dev/null |
 		python3 -c 'import json,sys; print(json.load(sys.stdin).get("replica",{}).get(sys.argv[1],""))' "$2"
 }
-# caught_up BACKING: waits (up to 60 s) until the replica holds the durable
-# journal and every repository object
+# fresh BACKING T0 PYEXPR: whether the replica status, read after the
+# daemon looked at the journal later than T0, satisfies PYEXPR (over r)
+fresh() {
+	"$DRFS" status "$1" --json 2>/dev/null | python3 -c '
+import json, sys
+r = json.load(sys.stdin).get("replica", {})
+sys.exit(0 if r and r["durable_at"] > float(sys.argv[1]) and eval(sys.argv[2]) else 1)' "$2" "$3"
+}
+# caught_up BACKING: waits (up to 60 s) until the replica holds everything
+# durable when it was called (the journal and every repository object)
 caught_up() {
+	local t0
+	t0=$(date +%s.%N)
 	for _ in $(seq 1 300); do
-		[ "$(rstat "$1" lag_bytes)" = 0 ] && [ "$(rstat "$1" queue_objects)" = 0 ] &&
-			[ "$(rstat "$1" ok)" = True ] && return 0
+		fresh "$1" "$t0" 'r["lag_bytes"] == 0 and r["queue_objects"] == 0 and r["ok"]' && return 0
 		sleep 0.2
 	done
 	return 1
@@ -67,8 +76,10 @@ require "init with a file:// replica" "$DRFS" init "$B" --replica "file://$R"
 M=$T/m
 mount_drfs "$B" "$M"
 $LOAD "$M" 11 200 --big 3000000 >/dev/null
+sync -f "$M"
 check "the replica catches up" caught_up "$B"
-check_eq "the replica's journal reaches the durable LSN" "$(rstat "$B" durable_lsn)" "$(rstat "$B" remote_lsn)"
+check_eq "the replica's journal reaches the durable LSN" 1 \
+	"$("$DRFS" status "$B" --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["replica"]; print(int(r["remote_lsn"] == r["durable_lsn"] > 0))')"
 check "a live snapshot" "$DRFS" snapshot "$M" --tag r1 >/dev/null
 check "and it is shipped" caught_up "$B"
 check_eq "head names the latest snapshot" "$(latest_id "$B")" \
@@ -132,6 +143,43 @@ $DIGEST "$M" --no-mtime >"$T/resumed"
 rm -rf "$T/r3"
 check "restore @now after the restart" "$DRFS" restore "file://$R" "@$(date +%s.%N)" "$T/r3"
 check_eq "equals the mount" "$(cat "$T/resumed")" "$($DIGEST "$T/r3" --no-mtime)"
+
+# ---- a full replica disk: FAILING with what to do; catches up once there is room ----
+umount_drfs "$M"
+F=$T/small
+mkdir -p "$F"
+MOUNTS+=("$F")
+mount -t tmpfs -o size=3m tmpfs "$F"
+BF=$T/bf
+mkdir -p "$BF"
+require "init with a small replica" "$DRFS" init "$BF" --replica "file://$F"
+MF=$T/mf
+mount_drfs "$BF" "$MF"
+head -c 6000000 /dev/urandom >"$MF/too-big"
+sync -f "$MF"
+failing=0
+for _ in $(seq 1 50); do [ "$(rstat "$BF" ok)" = False ] && { failing=1; break; }; sleep 0.2; done
+check_eq "a full replica shows as failing" 1 "$failing"
+check "and says what to do" grep -q "free space on the replica" <("$DRFS" status "$BF")
+check_eq "the mount still reads what was written" 6000000 "$(stat -c %s "$MF/too-big")"
+mount -o remount,size=64m "$F"
+check "it catches up once the replica has room" caught_up "$BF"
+umount_drfs "$MF"
+umount "$F"
+
+# ---- replica_bwlimit: shipping 4 MB at 1 MB/s cannot be done within a second ----
+mount_drfs "$B" "$M" replica_bwlimit=1M
+check "caught up at the start" caught_up "$B"
+head -c 4000000 /dev/urandom >"$M/limited"
+sync -f "$M"
+t0=$(date +%s.%N)
+sleep 1
+for _ in $(seq 1 10); do fresh "$B" "$t0" 'True' && break; sleep 0.2; done
+check "with replica_bwlimit=1M the 4 MB are not all shipped after 1 s" fresh "$B" "$t0" 'r["lag_bytes"] >= 3000000'
+check "and they are, in time" caught_up "$B"
+check_exit "a bad replica_bwlimit" 2 "$DRFS" mount "$B" "$T/x" -o replica_bwlimit=fast
+umount_drfs "$M"
+mount_drfs "$B" "$M"
 
 # ---- unmount ships the snapshot it takes ----
 umount_drfs "$M"
