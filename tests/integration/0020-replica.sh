@@ -50,7 +50,10 @@ consistent() {
 	done
 	id=$(sed -n 's/^snapshot=//p' "$dir/head")
 	[ -f "$dir/snapshots/$id.snap" ] || { say "head names $id, which is not there"; return 1; }
-	python3 - "$dir/journal" <<'EOF' || return 1
+	consistent_journal "$dir"
+}
+consistent_journal() {
+	python3 - "$1/journal" <<'EOF' || return 1
 import os, sys
 top = sys.argv[1]
 for tl in os.listdir(top):
@@ -143,6 +146,33 @@ $DIGEST "$M" --no-mtime >"$T/resumed"
 rm -rf "$T/r3"
 check "restore @now after the restart" "$DRFS" restore "file://$R" "@$(date +%s.%N)" "$T/r3"
 check_eq "equals the mount" "$(cat "$T/resumed")" "$($DIGEST "$T/r3" --no-mtime)"
+
+# ---- the journal is kept until shipped: an outage longer than several segments ----
+umount_drfs "$M"
+E=$T/e
+RE=$T/replica-e
+mkdir -p "$E" "$RE"
+require "init e" "$DRFS" init "$E" --replica "file://$RE"
+echo "journal_segment_size=4M" >>"$E/.drfs/drfs.conf"
+ME=$T/me
+# no retention and a snapshot during the outage: only the replica holds the journal
+mount_drfs "$E" "$ME" snapshot_interval=0,journal_retention=0
+echo first >"$ME/first"
+check "e caught up" caught_up "$E"
+mv "$RE" "$RE.away"
+for i in $(seq 1 6); do head -c 4000000 /dev/urandom >"$ME/f$i"; sync -f "$ME"; done
+check "a snapshot during the outage" "$DRFS" snapshot "$ME" >/dev/null
+for i in $(seq 7 12); do head -c 4000000 /dev/urandom >"$ME/f$i"; sync -f "$ME"; done
+first_seg=$(ls "$E/.drfs/journal" | grep -c '^00000001-0000000000000000.seg$')
+check_eq "the first segment is still there while the replica is away" 1 "$first_seg"
+mv "$RE.away" "$RE"
+check "e catches up after the long outage" caught_up "$E"
+check "and its replica's journal has no gap" consistent_journal "$RE"
+$DIGEST "$ME" --no-mtime >"$T/e-now"
+check "restore @now from e's replica" "$DRFS" restore "file://$RE" "@$(date +%s.%N)" "$T/re"
+check_eq "equals e" "$(cat "$T/e-now")" "$($DIGEST "$T/re" --no-mtime)"
+umount_drfs "$ME"
+mount_drfs "$B" "$M"
 
 # ---- a full replica disk: FAILING with what to do; catches up once there is room ----
 umount_drfs "$M"
