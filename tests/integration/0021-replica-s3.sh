@@ -1,0 +1,151 @@
+#!/bin/bash
+# Replication to a real S3 server (OpenStack Swift with s3api on 127.0.0.1,
+# started here from Debian packages by tests/helpers/s3server.sh and stopped
+# by PID at the end), through a fault-injecting proxy: round trip (restore
+# latest and @TIME, snapshot mount from the s3:// URL), resets, 500 and 503
+# answers, truncated bodies, the server killed and restarted mid-upload and
+# the daemon killed mid-upload: replication resumes by itself and the
+# replica restores to what the mount held; wrong credentials, a missing
+# bucket and an unreachable endpoint show in status with the S3 error while
+# writes go on.
+. "$(dirname "$0")/lib.sh"
+DIGEST="python3 $TOP/tests/helpers/treedigest.py"
+LOAD="python3 $TOP/tests/helpers/snapload.py"
+S3SERVER=$TOP/tests/helpers/s3server.sh
+PROXY="/usr/bin/python3 $TOP/tests/helpers/faultproxy.py"
+
+SRV=$T/s3
+export S3_PORT_BASE=${S3_PORT_BASE:-18480}
+server_started=0
+stop_all() {
+	[ -n "${proxy_pid:-}" ] && kill "$proxy_pid" 2>/dev/null
+	[ "$server_started" = 1 ] && "$S3SERVER" stop "$SRV" >/dev/null 2>&1
+	cleanup
+}
+trap stop_all EXIT
+env_lines=$("$S3SERVER" start "$SRV") || { say "the S3 server did not start: $(tail -5 "$SRV"/*.log 2>/dev/null)"; exit 1; }
+server_started=1
+eval "$env_lines"
+export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+export DRFS_CACHE_DIR=$T/cache
+
+# the fault proxy in front of the server
+PPORT=$((S3_PORT_BASE + 10))
+CTL=$T/faults
+: >"$CTL"
+$PROXY "$PPORT" "${S3_ENDPOINT#http://}" "$CTL" 2>"$T/proxy.log" &
+proxy_pid=$!
+for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/$PPORT) 2>/dev/null && break; sleep 0.1; done
+URL="s3://$S3_BUCKET/drfs-test?endpoint=http://127.0.0.1:$PPORT&region=$S3_REGION&path_style=1"
+
+rstat() {
+	"$DRFS" status "$1" --json 2>/dev/null |
+		python3 -c 'import json,sys; print(json.load(sys.stdin).get("replica",{}).get(sys.argv[1],""))' "$2"
+}
+fresh() {
+	"$DRFS" status "$1" --json 2>/dev/null | python3 -c '
+import json, sys
+r = json.load(sys.stdin).get("replica", {})
+sys.exit(0 if r and r["durable_at"] > float(sys.argv[1]) and eval(sys.argv[2]) else 1)' "$2" "$3"
+}
+caught_up() {
+	local t0
+	t0=$(date +%s.%N)
+	for _ in $(seq 1 450); do
+		fresh "$1" "$t0" 'r["lag_bytes"] == 0 and r["queue_objects"] == 0 and r["ok"]' && return 0
+		sleep 0.2
+	done
+	return 1
+}
+wait_failing() {
+	for _ in $(seq 1 100); do [ "$(rstat "$1" ok)" = False ] && return 0; sleep 0.2; done
+	return 1
+}
+# matches_mount MOUNT NAME: restore @now from the replica equals the mount
+matches_mount() {
+	local m=$1 name=$2
+	sync -f "$m"
+	caught_up "$B" || { say "$name: not caught up"; return 1; }
+	$DIGEST "$m" --no-mtime >"$T/$name.want"
+	rm -rf "$T/$name"
+	"$DRFS" restore "$URL" "@$(date +%s.%N)" "$T/$name" >/dev/null 2>"$T/$name.err" ||
+		{ say "$name: restore failed: $(cat "$T/$name.err")"; return 1; }
+	$DIGEST "$T/$name" --no-mtime >"$T/$name.got"
+	cmp -s "$T/$name.want" "$T/$name.got" || { say "$name: differs"; diff "$T/$name.want" "$T/$name.got" | head -5; return 1; }
+}
+
+B=$T/b
+mkdir -p "$B"
+head -c 2000000 /dev/urandom >"$B/existing"
+require "init with an s3:// replica" "$DRFS" init "$B" --replica "$URL"
+M=$T/m
+mount_drfs "$B" "$M"
+$LOAD "$M" 21 150 --big 3000000 >/dev/null
+check "the S3 replica catches up" matches_mount "$M" r1
+check "a live snapshot" "$DRFS" snapshot "$M" --tag s3 >/dev/null
+check "and it is shipped" caught_up "$B"
+rm -rf "$T/r-latest"
+check "restore latest from s3://" "$DRFS" restore "$URL" latest "$T/r-latest"
+check_eq "equals the local snapshot's restore" \
+	"$("$DRFS" restore "$B" latest "$T/r-local" >/dev/null; $DIGEST "$T/r-local")" "$($DIGEST "$T/r-latest")"
+mkdir -p "$T/sm"
+MOUNTS+=("$T/sm")
+check "snapshot-mount from s3://" "$DRFS" mount --snapshot latest "$URL" "$T/sm"
+check_eq "the snapshot mount equals the restore" "$($DIGEST "$T/r-latest")" "$($DIGEST "$T/sm")"
+"$DRFS" umount "$T/sm"
+n=$("$DRFS" status "$B" --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["replica"]; print(r["requests_per_gib"])')
+say "requests per GiB shipped so far: $n"
+
+# ---- faults from the proxy: every kind, replication goes on by itself ----
+for fault in "mode=reset count=4" "mode=500 count=4" "mode=503 count=4" "mode=truncate count=3" \
+	"mode=slow delay=2 count=2" "mode=reset prob=0.3"; do
+	echo "$fault" >"$CTL"
+	$LOAD "$M" "$RANDOM" 40 >/dev/null
+	check "after faults '$fault' the replica catches up and restores to the mount" \
+		matches_mount "$M" "f$RANDOM"
+done
+: >"$CTL"
+check "retries were counted" [ "$(rstat "$B" retries)" -gt 0 ]
+
+# ---- the server killed and restarted in the middle of uploads ----
+head -c 20000000 /dev/urandom >"$M/while-down" &
+writer=$!
+sleep 0.5
+"$S3SERVER" stop "$SRV" >/dev/null
+wait $writer
+sync -f "$M"
+check "status shows the replica failing while the server is down" wait_failing "$B"
+"$DRFS" status "$B" >"$T/st.out" 2>&1
+check "the status line names the error" grep -Eq "FAILING for [0-9]+ s: .*(refused|connect|reset|503|500)" "$T/st.out"
+check_eq "writes go on meanwhile" 20000000 "$(stat -c %s "$M/while-down")"
+eval "$("$S3SERVER" start "$SRV")" || { say "the S3 server did not restart"; exit 1; }
+check "after the server is back, the replica catches up" matches_mount "$M" r-restart
+
+# ---- the daemon killed in the middle of uploads ----
+head -c 20000000 /dev/urandom >"$M/big-kill" &
+sleep 0.5
+kill -9 "$(daemon_pid "$B")"
+wait
+sleep 0.5
+umount -l "$M" 2>/dev/null
+mount_drfs "$B" "$M"
+check "after the daemon restarts, replication resumes" matches_mount "$M" r-kill
+
+# ---- wrong credentials, a missing bucket, an unreachable endpoint ----
+umount_drfs "$M"
+bad_mount() { # OPTS EXPECTED-PATTERN NAME
+	mount_drfs "$B" "$M" "$1"
+	echo "$3" >"$M/$3"
+	sync -f "$M"
+	check "$3: status shows the replica failing" wait_failing "$B"
+	check "$3: the error says what" grep -Eq "$2" <(rstat "$B" last_error; rstat "$B" last_error_code)
+	check_eq "$3: writes go on" "$3" "$(cat "$M/$3")"
+	umount_drfs "$M"
+}
+AWS_SECRET_ACCESS_KEY=wrong-secret bad_mount "replica=$URL" "SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId|403" wrong-credentials
+bad_mount "replica=s3://no-such-bucket-drfs/x?endpoint=$S3_ENDPOINT&region=$S3_REGION&path_style=1" "NoSuchBucket|404" missing-bucket
+bad_mount "replica=s3://$S3_BUCKET/x?endpoint=http://127.0.0.1:1&region=$S3_REGION&path_style=1" "refused|connect" unreachable
+mount_drfs "$B" "$M"
+check "with the right replica again, everything is shipped" matches_mount "$M" r-end
+umount_drfs "$M"
+finish
