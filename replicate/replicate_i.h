@@ -42,4 +42,23 @@ void backend_err_set(struct backend_err *err, bool retry, int http, const char *
 int file_backend_open(const char *url, struct backend **out, struct backend_err *err);
 int s3_backend_open(const char *url, struct backend **out, struct backend_err *err);
 
+/* ---- s3.c internals, exposed for the unit tests ---- */
+
+struct s3_url {
+	char endpoint[512];           /* scheme://host[:port] */
+	char bucket[64];
+	char prefix[1024];            /* "" or ending in '/' */
+	char region[64];
+	bool path_style;
+};
+/* Parses s3://bucket/prefix?endpoint=&region=&path_style=.  0 or -EINVAL (ERR says why). */
+int s3_parse_url(const char *url, struct s3_url *u, struct backend_err *err);
+/* Percent-encodes IN (RFC 3986 unreserved kept, '/' too when KEEP_SLASH; upper-case hex). */
+void s3_encode(const char *in, bool keep_slash, char *out, size_t len);
+/* The text of the first <TAG> element at or after FROM, entities decoded; its end, or NULL. */
+const char *s3_xml_tag(const char *from, const char *tag, char *out, size_t len);
+/* Credentials of PROFILE in the INI file PATH.  0 or -ENOENT. */
+int s3_credentials_file(const char *path, const char *profile, char **key_id, char **secret,
+			char **token);
+
 #endif /* DRFS_REPLICATE_I_H */

@@ -394,16 +394,23 @@ static int replay_log(struct pitr *p, const char *dir, uint64_t from, uint64_t e
 	struct jrec r;
 	int ret = jreader_open(dir, from, &rd);
 
-	if (ret)
+	if (ret) {
+		snprintf(st->why, sizeof(st->why), "cannot read the journal in %s: %s", dir,
+			 strerror(-ret));
 		return ret;
+	}
 	while (jreader_lsn(rd) < end) {
 		ret = jreader_next(rd, &r);
 		if (ret <= 0) {
 			if (ret == 0) {
 				snprintf(st->why, sizeof(st->why),
-					 "the journal changed while it was read (it ends at 0x%llx now)",
-					 (unsigned long long)jreader_lsn(rd));
+					 "the journal changed while it was read (it ends at 0x%llx now%s%s)",
+					 (unsigned long long)jreader_lsn(rd), jreader_stop(rd) ? ": " : "",
+					 jreader_stop(rd) ? jreader_stop(rd) : "");
 				ret = -ESTALE;
+			} else {
+				snprintf(st->why, sizeof(st->why), "cannot read the journal in %s at 0x%llx: %s",
+					 dir, (unsigned long long)jreader_lsn(rd), strerror(-ret));
 			}
 			break;
 		}

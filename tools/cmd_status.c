@@ -205,10 +205,12 @@ int cmd_status(int argc, char **argv)
 		clock_gettime(CLOCK_REALTIME, &now);
 		rs_age = now.tv_sec + now.tv_nsec / 1e9 - rs.updated;
 		/* a daemon that stopped writing it (not mounted, hung) makes it old news */
-		if (mounted && rs_age > 5 && !rs.failing_seconds) {
+		if (mounted && rs_age > 5) {
 			snprintf(rs.last_error, sizeof(rs.last_error),
-				 "the replica status has not been updated for %.0f s; see the log", rs_age);
-			rs.failing_seconds = rs_age;
+				 "the replicator has not reported for %.0f s (not running for this mount?); see %s/drfs.log",
+				 rs_age, b.state_dir);
+			if (rs.failing_seconds < rs_age)
+				rs.failing_seconds = rs_age;
 		}
 		if (rs.failing_seconds >= 60)
 			fprintf(stderr, "drfs: WARNING: replication to %s has been failing for %.0f s: %s\n",

@@ -132,9 +132,10 @@ check "consistent after the outage" consistent "$R"
 
 # ---- the daemon is killed in the middle of uploads, and resumes ----
 head -c 30000000 /dev/urandom >"$M/big1" &
+writer=$!
 sleep 0.5
 kill -9 "$(daemon_pid "$B")"
-wait
+wait $writer
 sleep 0.5
 umount -l "$M" 2>/dev/null
 mount_drfs "$B" "$M"

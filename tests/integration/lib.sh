@@ -19,7 +19,8 @@ CHECKS=0
 cleanup() {
 	local m p
 	for m in "${MOUNTS[@]}"; do
-		if mountpoint -q "$m" 2>/dev/null; then
+		# /proc/mounts also lists a mount whose daemon died (mountpoint(1) fails on it)
+		if awk -v m="$m" '$2 == m { f = 1 } END { exit !f }' /proc/mounts; then
 			"$DRFS" umount "$m" >/dev/null 2>&1 || umount -l "$m" 2>/dev/null
 		fi
 	done
