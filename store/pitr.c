@@ -437,7 +437,8 @@ static int replay_log(struct pitr *p, const char *dir, uint64_t from, uint64_t e
 		ret = 0;
 	}
 	jreader_close(rd);
-	return ret;
+	/* a SEAL, ABORT or skipped record last leaves the reader's 1 in RET: that is no error */
+	return ret > 0 ? 0 : ret;
 }
 
 static void set_touched(struct pobj *o)

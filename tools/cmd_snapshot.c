@@ -734,11 +734,11 @@ static void remove_tree(const char *dir)
  * up to it is there, and DAMAGE says where it stops.
  */
 static int fetch_replica_journal(const char *url, uint64_t from, char *dir, char *why,
-				 size_t whylen, char *damage, size_t damagelen)
+				 size_t whylen, char *damage, size_t damagelen, uint64_t *end_out)
 {
 	struct backend *be = NULL;
 	struct backend_err err = { 0 };
-	uint64_t end;
+	uint64_t end = from;
 	int ret = backend_open(url, &be, &err);
 
 	if (!ret && !mkdtemp(dir)) {
@@ -756,6 +756,7 @@ static int fetch_replica_journal(const char *url, uint64_t from, char *dir, char
 		snprintf(why, whylen, "%s", err.msg);
 	if (be)
 		backend_close(be);
+	*end_out = end;
 	return ret;
 }
 
@@ -851,7 +852,8 @@ int cmd_restore(int argc, char **argv)
 	char *jdir = NULL;
 	int64_t until = 0;
 	char tmpdir[] = "/var/tmp/drfs-journal.XXXXXX", damage[600] = "";
-	bool fetched = false;
+	bool fetched = false, nothing_after = false;
+	uint64_t fetched_end = 0;
 	if (spec[0] == '@') {
 		char why[600];
 		snap_parse_time(spec + 1, &until);
@@ -859,7 +861,7 @@ int cmd_restore(int argc, char **argv)
 		if (!jdir && (!strncmp(argv[optind], "file://", 7) || !strncmp(argv[optind], "s3://", 5))) {
 			/* a replica: its journal pieces, rebuilt into segments here */
 			ret = fetch_replica_journal(argv[optind], s.lsn, tmpdir, why, sizeof(why),
-						    damage, sizeof(damage));
+						    damage, sizeof(damage), &fetched_end);
 			if (ret < 0) {
 				say_error("cannot read the journal of %s: %s", argv[optind], why);
 				if (strcmp(tmpdir + strlen(tmpdir) - 6, "XXXXXX"))
@@ -869,9 +871,18 @@ int cmd_restore(int argc, char **argv)
 			}
 			fetched = true;
 			jdir = strdup(tmpdir);
+			if (ret == 0 && fetched_end == s.lsn) {
+				/* the replica's journal ends at the snapshot: nothing after it to replay */
+				remove_tree(tmpdir);
+				free(jdir);
+				jdir = NULL;
+				fetched = false;
+				nothing_after = true;
+			}
 		}
-		ret = !jdir ? 1 : fetched && ret ? 1 : snap_replay_check(jdir, s.lsn, why, sizeof(why));
-		if (!jdir)
+		ret = nothing_after ? 0 : !jdir ? 1 : fetched && ret ? 1 :
+		      snap_replay_check(jdir, s.lsn, why, sizeof(why));
+		if (!jdir && !nothing_after)
 			snprintf(why, sizeof(why), "%s keeps no journal", argv[optind]);
 		if (ret) {
 			if (fetched)

@@ -3,7 +3,8 @@
 set -e
 pkgs="build-essential pkg-config libfuse3-dev fuse3 liburing-dev libzstd-dev
       libcurl4-openssl-dev libssl-dev libcmocka-dev acl attr fio postgresql-15
-      util-linux python3"
+      util-linux python3 curl swift swift-proxy swift-account swift-container
+      swift-object python3-swift memcached"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
