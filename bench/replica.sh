@@ -13,11 +13,13 @@
 #     write and a 4 KiB random write with fsync after each, alternating the
 #     two mounts REPS times, medians and the ratio on/off.
 #
-#   bench/replica.sh [--quick] [--url URL]
+#
+#   bench/replica.sh [--quick] [--url URL | --s3]
 #   env: BENCH_DIR (default /var/tmp/drfs-bench-replica), RATE (20m),
 #        DURATION (60), REPS (3)
 # --url replicates to URL instead of a file:// directory under BENCH_DIR
-# (e.g. an s3:// URL; credentials from the environment).
+# (e.g. an s3:// URL; credentials from the environment); --s3 starts the
+# test harness's S3 server (OpenStack Swift on 127.0.0.1) and uses it.
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
 drfs=$top/drfs
@@ -26,11 +28,13 @@ rate=${RATE:-20m}
 duration=${DURATION:-60}
 reps=${REPS:-3}
 url=""
+s3=0
 while [ $# -gt 0 ]; do
 	case $1 in
 	--quick) duration=20; reps=1 ;;
 	--url) url=$2; shift ;;
-	*) echo "usage: bench/replica.sh [--quick] [--url URL]" >&2; exit 2 ;;
+	--s3) s3=1 ;;
+	*) echo "usage: bench/replica.sh [--quick] [--url URL | --s3]" >&2; exit 2 ;;
 	esac
 	shift
 done
@@ -42,10 +46,18 @@ cleanup() {
 	for m in "${mounts[@]}"; do
 		mountpoint -q "$m" && "$drfs" umount "$m" >/dev/null 2>&1
 	done
+	[ $s3 = 1 ] && S3_PORT_BASE=18580 "$top/tests/helpers/s3server.sh" stop "$dir/s3"
 }
 trap cleanup EXIT
 rm -rf "$dir"
 mkdir -p "$dir"
+if [ $s3 = 1 ]; then
+	env_lines=$(S3_PORT_BASE=18580 "$top/tests/helpers/s3server.sh" start "$dir/s3") ||
+		{ echo "bench: the S3 server did not start" >&2; exit 1; }
+	eval "$env_lines"
+	export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+	url="s3://$S3_BUCKET/bench?endpoint=$S3_ENDPOINT&region=$S3_REGION&path_style=1"
+fi
 [ -n "$url" ] || { mkdir -p "$dir/replica"; url="file://$dir/replica"; }
 
 # ---- 1. RPO under load ----

@@ -27,20 +27,23 @@ import time
 LISTEN, UPSTREAM, CONTROL = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 UP_HOST, UP_PORT = UPSTREAM.rsplit(":", 1)[0], int(UPSTREAM.rsplit(":", 1)[1])
 lock = threading.Lock()
-state = {"text": None, "left": None}
+state = {"key": None, "left": None}
 
 
 def decide():
     """The fault for this request: (mode, delay) or None."""
     try:
         with open(CONTROL) as f:
+            st = os.fstat(f.fileno())
             text = f.read().strip()
+        key = (text, st.st_ino, st.st_mtime_ns, st.st_size)
     except OSError:
-        text = ""
+        text, key = "", None
     opts = dict(w.split("=", 1) for w in text.split() if "=" in w)
     with lock:
-        if text != state["text"]:
-            state["text"] = text
+        # any write of the file starts a new count, even with the same text
+        if key != state["key"]:
+            state["key"] = key
             state["left"] = int(opts["count"]) if "count" in opts else None
         mode = opts.get("mode", "pass")
         if mode == "pass":
@@ -88,7 +91,10 @@ def read_chunked(sock, buf):
     out = b""
     while True:
         while b"\r\n" not in buf:
-            buf += sock.recv(65536)
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("short chunked body")
+            buf += data
         line, buf = buf.split(b"\r\n", 1)
         size = int(line.split(b";")[0], 16)
         out += line + b"\r\n"
@@ -125,6 +131,12 @@ def upstream(request):
         return head, body
     finally:
         up.close()
+
+
+def without_connection(head):
+    """HEAD without its Connection header: that one was for the proxy's own connection."""
+    return b"\r\n".join(l for l in head.split(b"\r\n")
+                        if not l.lower().startswith(b"connection:"))
 
 
 def error_answer(status):
@@ -167,9 +179,11 @@ def serve(client):
                 continue
             if fault and fault[0] == "slow":
                 time.sleep(fault[1])
-            # one upstream connection per request: the head says so
-            req = head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1) \
-                if header(head, b"connection") is None else head
+            # one upstream connection per request; the client's stays open
+            # unless it asks otherwise
+            client_close = (header(head, b"connection") or b"").lower() == b"close"
+            req = without_connection(head).replace(
+                b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
             try:
                 rhead, rbody = upstream(req + body)
             except (OSError, ConnectionError):
@@ -178,10 +192,13 @@ def serve(client):
             if fault and fault[0] == "truncate" and rbody:
                 client.sendall(rhead + rbody[:len(rbody) // 2])
                 return
-            client.sendall(rhead + rbody)
-            if (header(rhead, b"connection") or b"").lower() == b"close" and \
-                    header(head, b"connection") is not None:
+            framed = header(rhead, b"content-length") is not None or \
+                (header(rhead, b"transfer-encoding") or b"").lower() == b"chunked" or \
+                req.split(b" ", 1)[0] == b"HEAD" or int(rhead.split(b" ")[1]) in (204, 304)
+            if client_close or not framed:
+                client.sendall(rhead + rbody)
                 return
+            client.sendall(without_connection(rhead) + rbody)
     except (OSError, ConnectionError, ValueError):
         return
     finally:

@@ -20,24 +20,38 @@ base=${S3_PORT_BASE:-18480}
 py="/usr/bin/python3 -I"
 names="memcached account container object proxy"
 
+starttime() { # PID: the kernel's start time of that process, or nothing
+	local st
+	st=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+	st=${st##*) }
+	set -- $st
+	echo "${20}"
+}
+
+ours() { # NAME: the PID from NAME's pid file if that process is still the one started
+	local pid t
+	[ -f "$dir/run/$1.pid" ] && read -r pid t <"$dir/run/$1.pid" || return 1
+	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+	[ -z "$t" ] || [ "$(starttime "$pid")" = "$t" ] || return 1
+	echo "$pid"
+}
+
 stop() {
-	local n pid
+	local n pid alive
 	for n in $names; do
-		pid=$(cat "$dir/run/$n.pid" 2>/dev/null) || continue
-		kill "$pid" 2>/dev/null
+		pid=$(ours $n) && kill "$pid" 2>/dev/null
 	done
-	for _ in $(seq 1 50); do
-		local alive=0
+	local deadline=$((SECONDS + 5))
+	while [ $SECONDS -lt $deadline ]; do
+		alive=0
 		for n in $names; do
-			pid=$(cat "$dir/run/$n.pid" 2>/dev/null) || continue
-			kill -0 "$pid" 2>/dev/null && alive=1
+			ours $n >/dev/null && alive=1
 		done
 		[ $alive = 0 ] && break
 		sleep 0.1
 	done
 	for n in $names; do
-		pid=$(cat "$dir/run/$n.pid" 2>/dev/null) || continue
-		kill -9 "$pid" 2>/dev/null
+		pid=$(ours $n) && kill -9 "$pid" 2>/dev/null
 		rm -f "$dir/run/$n.pid"
 	done
 }
@@ -67,7 +81,8 @@ done
 
 mkdir -p "$dir/etc" "$dir/srv/d1" "$dir/run" "$dir/log"
 etc=$dir/etc
-if [ ! -f "$etc/object.ring.gz" ]; then
+if [ ! -f "$etc/object.ring.gz" ] || [ "$(cat "$etc/ring-ports" 2>/dev/null)" != "$base" ]; then
+	rm -f "$etc"/*.builder "$etc"/*.ring.gz
 	cat >"$etc/swift.conf" <<EOF
 [swift-hash]
 swift_hash_path_suffix = drfs-test-suffix
@@ -84,6 +99,7 @@ EOF
 			swift-ring-builder $r.builder rebalance >/dev/null) ||
 			{ echo "s3server: swift-ring-builder failed for the $r ring" >&2; exit 1; }
 	done
+	echo "$base" >"$etc/ring-ports"
 fi
 for s in account:$((base + 1)) container:$((base + 2)) object:$((base + 3)); do
 	n=${s%%:*}
@@ -146,16 +162,22 @@ EOF
 start_one() { # NAME COMMAND...
 	local n=$1; shift
 	"$@" >"$dir/log/$n.log" 2>&1 &
-	echo $! >"$dir/run/$n.pid"
+	echo "$! $(starttime $!)" >"$dir/run/$n.pid"
+}
+# Swift's servers take swift.conf from /etc/swift whatever swift_dir says;
+# this runs the server's own script after pointing Swift at $etc.
+in_dir='import sys; from swift.common import utils; utils.set_swift_dir(sys.argv[1]); s = sys.argv[2]; sys.argv = sys.argv[2:]; exec(compile(open(s).read(), s, "exec"))'
+swift_server() { # NAME
+	start_one $1 $py -c "$in_dir" "$etc" /usr/bin/swift-$1-server "$etc/$1-server.conf" -v
 }
 start_one memcached /usr/bin/memcached -l 127.0.0.1 -p $((base + 4)) -U 0 -m 64 -u root
-start_one account $py /usr/bin/swift-account-server "$etc/account-server.conf"
-start_one container $py /usr/bin/swift-container-server "$etc/container-server.conf"
-start_one object $py /usr/bin/swift-object-server "$etc/object-server.conf"
-start_one proxy $py /usr/bin/swift-proxy-server "$etc/proxy-server.conf"
+for n in account container object proxy; do
+	swift_server $n
+done
 
 ready=0
-for _ in $(seq 1 150); do
+deadline=$((SECONDS + 40))
+while [ $SECONDS -lt $deadline ]; do
 	if curl -fs "http://127.0.0.1:$base/healthcheck" >/dev/null 2>&1; then ready=1; break; fi
 	sleep 0.1
 done
@@ -173,8 +195,13 @@ hdrs=$(curl -s -D - -o /dev/null -H "X-Storage-User: $key" -H "X-Storage-Pass: $
 	"http://127.0.0.1:$base/auth/v1.0")
 token=$(printf '%s\n' "$hdrs" | tr -d '\r' | sed -n 's/^[Xx]-[Aa]uth-[Tt]oken: //p')
 storage=$(printf '%s\n' "$hdrs" | tr -d '\r' | sed -n 's/^[Xx]-[Ss]torage-[Uu]rl: //p')
-code=$(curl -s -o "$dir/log/bucket.out" -w '%{http_code}' -X PUT -H "X-Auth-Token: $token" \
-	"$storage/$bucket")
+# right after a start the account and container servers may still answer 503
+for _ in $(seq 1 50); do
+	code=$(curl -s -o "$dir/log/bucket.out" -w '%{http_code}' -X PUT -H "X-Auth-Token: $token" \
+		"$storage/$bucket")
+	[ "$code" = 503 ] || break
+	sleep 0.2
+done
 case $code in
 201|202) ;;
 *) echo "s3server: creating bucket $bucket failed: HTTP $code $(head -c 300 "$dir/log/bucket.out")" >&2
