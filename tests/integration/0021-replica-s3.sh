@@ -40,29 +40,8 @@ URL="s3://$S3_BUCKET/drfs-test?endpoint=http://127.0.0.1:$PPORT&region=$S3_REGIO
 # reads of the replica (restore, snapshots, snapshot mount) go to the server directly
 DIRECT="s3://$S3_BUCKET/drfs-test?endpoint=$S3_ENDPOINT&region=$S3_REGION&path_style=1"
 
-rstat() {
-	"$DRFS" status "$1" --json 2>/dev/null |
-		python3 -c 'import json,sys; print(json.load(sys.stdin).get("replica",{}).get(sys.argv[1],""))' "$2"
-}
-fresh() {
-	"$DRFS" status "$1" --json 2>/dev/null | python3 -c '
-import json, sys
-r = json.load(sys.stdin).get("replica", {})
-sys.exit(0 if r and r["durable_at"] > float(sys.argv[1]) and eval(sys.argv[2]) else 1)' "$2" "$3"
-}
-caught_up() {
-	local t0
-	t0=$(date +%s.%N)
-	for _ in $(seq 1 450); do
-		fresh "$1" "$t0" 'r["lag_bytes"] == 0 and r["queue_objects"] == 0 and r["ok"]' && return 0
-		sleep 0.2
-	done
-	return 1
-}
-wait_failing() {
-	for _ in $(seq 1 100); do [ "$(rstat "$1" ok)" = False ] && return 0; sleep 0.2; done
-	return 1
-}
+. "$(dirname "$0")/replica-lib.sh"
+CAUGHT_UP_TRIES=450      # 90 s: retries behind injected faults back off
 # matches_mount MOUNT NAME: after a snapshot, the replica holds it and its
 # restore from the S3 server equals the mount (contents and metadata)
 matches_mount() {
@@ -82,7 +61,7 @@ matches_mount() {
 # shipped_latest BACKING: waits (up to 60 s) until the replica's head names the latest local snapshot
 shipped_latest() {
 	local want
-	want=$("$DRFS" snapshots "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])')
+	want=$(latest_id "$1")
 	for _ in $(seq 1 300); do
 		[ "$(rstat "$1" head_snapshot)" = "$want" ] && return 0
 		sleep 0.2
