@@ -60,12 +60,14 @@ bool opt_next(const char **cursor, char *buf, char **key, char **value);
 
 /* Parses a non-negative decimal with an optional K/M/G/T suffix (powers of 1024). */
 int parse_size(const char *s, uint64_t *out);
+/* SECS since the epoch as 2026-11-28T17:05:00Z into BUF (LEN >= 21). */
+void utc_time(int64_t secs, char *buf, size_t len);
 /* Parses a duration: seconds, or a number with s, m, h or d.  0 or -EINVAL/-ERANGE. */
 int parse_duration(const char *s, uint64_t *secs);
 
 /*
  * Key/value files ("key=value" lines, '#' comments), used for drfs.conf.
- * kv_get() returns a malloc'd copy of the value for KEY, or NULL when absent.
+ * kv_get() returns the value for KEY (owned by KV), or NULL when absent.
  */
 struct kv;
 int kv_load(const char *path, struct kv **out);

@@ -34,6 +34,7 @@ struct fs_config {
 	bool full_replay;         /* replay namespace records too, as after a machine restart */
 	unsigned int fail_flush_at; /* test aid: the Nth journal flush fails (0: never) */
 	uint64_t journal_hold_lsn;  /* keep the journal from this LSN (snapshots, retention); UINT64_MAX: none */
+	uint64_t journal_max, journal_min_free; /* where soft journal holds give way (0: never) */
 };
 
 /*

@@ -102,6 +102,8 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 					     .truncate_damaged = cfg->journal_truncate,
 					     .full_replay = cfg->full_replay,
 					     .fail_flush_at = cfg->fail_flush_at,
+					     .max_bytes = cfg->journal_max,
+					     .min_free = cfg->journal_min_free,
 					     .unapplied_min = pending_min, .unapplied_arg = fs };
 		struct replay_result rr;
 
@@ -111,7 +113,7 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 		fs->recovery = rr;
 		/* the next snapshot is built from the journal since the latest one */
 		if (cfg->journal_hold_lsn != UINT64_MAX) {
-			fs->snapshot_hold = journal_hold(fs->journal, "snapshot", cfg->journal_hold_lsn);
+			fs->snapshot_hold = journal_hold_soft(fs->journal, "snapshot", cfg->journal_hold_lsn);
 			if (fs->snapshot_hold < 0)
 				log_warn("cannot hold the journal for the next snapshot; it will scan the tree");
 		}
@@ -342,7 +344,7 @@ void fs_journal_keep_from(struct drfs_fs *fs, uint64_t lsn)
 	if (!fs->journal)
 		return;
 	if (fs->snapshot_hold < 0)
-		fs->snapshot_hold = journal_hold(fs->journal, "snapshot", lsn);
+		fs->snapshot_hold = journal_hold_soft(fs->journal, "snapshot", lsn);
 	else
 		journal_release(fs->journal, fs->snapshot_hold, lsn);
 }

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -45,7 +46,7 @@ struct qrec {
 };
 
 struct hold {
-	bool used;
+	bool used, soft;
 	char name[32];
 	uint64_t lsn;
 };
@@ -71,6 +72,9 @@ struct journal {
 	size_t nseg, segcap;
 	unsigned spares, spare_seq;
 	struct hold holds[NHOLDS];
+	uint64_t yielded, yielded_at, yielded_to;
+	char yielded_holds[64], yield_reason[96];
+	uint64_t yield_warned_at;      /* when that was last logged (seconds since the epoch) */
 	uint64_t flushes, records, writes_done, flushes_done;
 	uint64_t last_flush_ns;
 
@@ -659,27 +663,96 @@ int journal_checkpoint(struct journal *j)
 	return ret;
 }
 
-/* Recycles segments that every reader is done with. */
+/*
+ * Caller holds j->lock.  Whether the soft holds must give way now: the
+ * segments in use pass cfg.max_bytes, or the journal's filesystem has less
+ * than cfg.min_free bytes free.  WHY (j->yield_reason) says which.
+ */
+static bool under_pressure(struct journal *j)
+{
+	struct statvfs sv;
+
+	if (j->cfg.max_bytes && j->nseg * j->seg_size > j->cfg.max_bytes) {
+		snprintf(j->yield_reason, sizeof(j->yield_reason),
+			 "the journal passed its cap of %" PRIu64 " MiB (journal_max)",
+			 j->cfg.max_bytes >> 20);
+		return true;
+	}
+	if (j->cfg.min_free && fstatvfs(j->dirfd, &sv) == 0 &&
+	    (uint64_t)sv.f_bavail * sv.f_frsize < j->cfg.min_free) {
+		snprintf(j->yield_reason, sizeof(j->yield_reason),
+			 "its disk has %" PRIu64 " MiB free, under journal_min_free (%" PRIu64 " MiB)",
+			 ((uint64_t)sv.f_bavail * sv.f_frsize) >> 20, j->cfg.min_free >> 20);
+		return true;
+	}
+	return false;
+}
+
+/*
+ * Caller holds j->lock.  Segment 0 is going although the soft holds named
+ * in NAMES wanted it: they move past it, and the stats say so.
+ */
+static void note_yield(struct journal *j, const char *names)
+{
+	uint64_t to = j->segs[0].first_lsn;
+
+	for (int i = 0; i < NHOLDS; i++)
+		if (j->holds[i].used && j->holds[i].soft && j->holds[i].lsn < to)
+			j->holds[i].lsn = to;
+	j->yielded++;
+	j->yielded_at = now_ns(CLOCK_REALTIME) / 1000000000ull;
+	j->yielded_to = to;
+	snprintf(j->yielded_holds, sizeof(j->yielded_holds), "%s", names);
+	/* the first time, then once an hour while it goes on: a cap reached is a steady state */
+	if (!j->yield_warned_at || j->yielded_at >= j->yield_warned_at + 3600) {
+		j->yield_warned_at = j->yielded_at;
+		log_warn("journal: %s: recycling segments that the %s hold%s kept (from LSN %" PRIu64
+			 " on now); point-in-time restore and the replica's journal lose that stretch, the snapshots still cover it",
+			 j->yield_reason, names, strchr(names, ',') ? "s" : "", to);
+	}
+}
+
+/*
+ * Recycles segments that every reader is done with: below the checkpoint and
+ * every hold, and below the soft holds only under pressure.  Under pressure
+ * a segment is unlinked, not kept as a spare.
+ */
 static void recycle(struct journal *j)
 {
 	for (;;) {
-		uint64_t limit;
-		char name[40], spare[40];
-		bool keep;
+		uint64_t limit, hard;
+		char name[40], spare[40], names[64] = "";
+		bool keep, forced = false;
 
 		pthread_mutex_lock(&j->lock);
-		limit = j->checkpoint;
+		hard = j->checkpoint;
 		for (int i = 0; i < NHOLDS; i++)
-			if (j->holds[i].used && j->holds[i].lsn < limit)
+			if (j->holds[i].used && !j->holds[i].soft && j->holds[i].lsn < hard)
+				hard = j->holds[i].lsn;
+		limit = hard;
+		for (int i = 0; i < NHOLDS; i++)
+			if (j->holds[i].used && j->holds[i].soft && j->holds[i].lsn < limit)
 				limit = j->holds[i].lsn;
-		if (j->nseg < 2 || j->segs[1].first_lsn > limit) {
+		if (j->nseg >= 2 && j->segs[1].first_lsn > limit &&
+		    j->segs[1].first_lsn <= hard && under_pressure(j)) {
+			for (int i = 0; i < NHOLDS; i++)
+				if (j->holds[i].used && j->holds[i].soft &&
+				    j->holds[i].lsn < j->segs[1].first_lsn &&
+				    strlen(names) + strlen(j->holds[i].name) + 2 < sizeof(names))
+					snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
+						 *names ? "," : "", j->holds[i].name);
+			forced = true;
+		}
+		if (j->nseg < 2 || (j->segs[1].first_lsn > limit && !forced)) {
 			pthread_mutex_unlock(&j->lock);
 			return;
 		}
 		memcpy(name, j->segs[0].name, sizeof(name));
 		memmove(j->segs, j->segs + 1, (j->nseg - 1) * sizeof(*j->segs));
 		j->nseg--;
-		keep = j->spares < SPARES_KEPT;
+		if (forced)
+			note_yield(j, names);
+		keep = !forced && j->spares < SPARES_KEPT;
 		if (keep) {
 			snprintf(spare, sizeof(spare), "spare-%u.seg", j->spares);
 			keep = renameat(j->dirfd, name, j->dirfd, spare) == 0;
@@ -732,7 +805,7 @@ static void make_spare(struct journal *j)
 static void write_stats(struct journal *j)
 {
 	struct journal_stats st;
-	char tmp[4200], text[600];
+	char tmp[4200], text[900];
 	int fd, n;
 
 	if (!j->cfg.stats_path)
@@ -741,9 +814,11 @@ static void write_stats(struct journal *j)
 	n = snprintf(text, sizeof(text),
 		     "head=%" PRIu64 "\nwritten=%" PRIu64 "\ndurable=%" PRIu64
 		     "\ncheckpoint=%" PRIu64 "\nsegments=%" PRIu64 "\nsegment_bytes=%" PRIu64
-		     "\nflushes=%" PRIu64 "\nrecords=%" PRIu64 "\nerror=%s\n",
+		     "\nflushes=%" PRIu64 "\nrecords=%" PRIu64 "\nerror=%s\nyielded=%" PRIu64
+		     "\nyielded_at=%" PRIu64 "\nyielded_to=%" PRIu64 "\nyielded_holds=%s\nyield_reason=%s\n",
 		     st.head_lsn, st.written_lsn, st.durable_lsn, st.checkpoint_lsn, st.segments,
-		     st.segment_bytes, st.flushes, st.records, st.error ? strerror(-st.error) : "none");
+		     st.segment_bytes, st.flushes, st.records, st.error ? strerror(-st.error) : "none",
+		     st.yielded, st.yielded_at, st.yielded_to, st.yielded_holds, st.yield_reason);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", j->cfg.stats_path);
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
@@ -789,7 +864,7 @@ static void *checkpoint_thread(void *arg)
 
 /* ---- holds and counters ---- */
 
-int journal_hold(struct journal *j, const char *name, uint64_t lsn)
+static int add_hold(struct journal *j, const char *name, uint64_t lsn, bool soft)
 {
 	int id = -ENOSPC;
 
@@ -797,6 +872,7 @@ int journal_hold(struct journal *j, const char *name, uint64_t lsn)
 	for (int i = 0; i < NHOLDS; i++)
 		if (!j->holds[i].used) {
 			j->holds[i].used = true;
+			j->holds[i].soft = soft;
 			j->holds[i].lsn = lsn;
 			snprintf(j->holds[i].name, sizeof(j->holds[i].name), "%s", name);
 			id = i;
@@ -804,6 +880,16 @@ int journal_hold(struct journal *j, const char *name, uint64_t lsn)
 		}
 	pthread_mutex_unlock(&j->lock);
 	return id;
+}
+
+int journal_hold(struct journal *j, const char *name, uint64_t lsn)
+{
+	return add_hold(j, name, lsn, false);
+}
+
+int journal_hold_soft(struct journal *j, const char *name, uint64_t lsn)
+{
+	return add_hold(j, name, lsn, true);
 }
 
 void journal_release(struct journal *j, int id, uint64_t lsn)
@@ -830,6 +916,11 @@ void journal_get_stats(struct journal *j, struct journal_stats *st)
 	st->flushes = j->flushes;
 	st->records = j->records;
 	st->error = j->error;
+	st->yielded = j->yielded;
+	st->yielded_at = j->yielded_at;
+	st->yielded_to = j->yielded_to;
+	memcpy(st->yielded_holds, j->yielded_holds, sizeof(st->yielded_holds));
+	memcpy(st->yield_reason, j->yield_reason, sizeof(st->yield_reason));
 	pthread_mutex_unlock(&j->lock);
 }
 

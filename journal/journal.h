@@ -133,6 +133,12 @@ struct journal_config {
 	uint64_t (*unapplied_min)(void *arg);
 	void *unapplied_arg;
 	bool truncate_damaged;        /* replay up to damage even when valid records follow it */
+	/*
+	 * Soft holds give way (their segments are recycled anyway, with a
+	 * warning) while the segments in use pass MAX_BYTES or the journal's
+	 * filesystem has less than MIN_FREE bytes free.  0: no such limit.
+	 */
+	uint64_t max_bytes, min_free;
 	/* fault injection for tests: fail the Nth segment write / flush (1-based; 0: never) */
 	unsigned fail_write_at, fail_flush_at;
 };
@@ -145,6 +151,11 @@ struct journal_stats {
 	uint64_t segments, segment_bytes; /* segment files in use (spares excluded) and their size */
 	uint64_t flushes, records;
 	int error;                    /* 0, or the -errno that stopped the journal */
+	uint64_t yielded;             /* segments recycled although a soft hold wanted them */
+	uint64_t yielded_at;          /* when the last of them went (seconds since the epoch) */
+	uint64_t yielded_to;          /* the journal's first LSN after it */
+	char yielded_holds[64];       /* the holds that gave way, comma-separated */
+	char yield_reason[96];        /* "the disk holding DIR has N MiB free" or the cap */
 };
 
 /*
@@ -216,6 +227,8 @@ int journal_checkpoint(struct journal *j);
  * UINT64_MAX) drops it.
  */
 int journal_hold(struct journal *j, const char *name, uint64_t lsn);
+/* A hold that gives way under the limits of journal_config max_bytes and min_free. */
+int journal_hold_soft(struct journal *j, const char *name, uint64_t lsn);
 void journal_release(struct journal *j, int id, uint64_t lsn);
 
 void journal_get_stats(struct journal *j, struct journal_stats *st);

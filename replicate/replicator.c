@@ -76,13 +76,6 @@ static double wall_s(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static void iso_time(double t, char *buf, size_t len)
-{
-	time_t s = (time_t)t;
-	struct tm tm;
-	gmtime_r(&s, &tm);
-	strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
 
 /* ---- the set of shipped keys ---- */
 
@@ -692,7 +685,7 @@ static int put_head(struct replicator *r, struct backend_err *err)
 	if (same)
 		return 0;
 	gethostname(host, sizeof(host) - 1);
-	iso_time(wall_s(), when, sizeof(when));
+	utc_time((int64_t)(wall_s()), when, sizeof(when));
 	int len = snprintf(buf, sizeof(buf),
 			   "format=1\nsnapshot=%s\nsnapshot_lsn=%llu\njournal_timeline=%u\n"
 			   "journal_end=%llu\ntime=%s\nhost=%s\n",
@@ -806,9 +799,9 @@ static void write_status(struct replicator *r)
 	pthread_mutex_lock(&r->lock);
 	double now = wall_s();
 	if (r->last_success)
-		iso_time(r->last_success, ok, sizeof(ok));
+		utc_time((int64_t)(r->last_success), ok, sizeof(ok));
 	if (r->failing_since)
-		iso_time(r->failing_since, since, sizeof(since));
+		utc_time((int64_t)(r->failing_since), since, sizeof(since));
 	uint64_t lag_bytes = r->durable_lsn > r->shipped_lsn ? r->durable_lsn - r->shipped_lsn : 0;
 	size_t nl = r->nlag < LAG_RING ? (size_t)r->nlag : LAG_RING;
 	uint32_t sorted[LAG_RING];
@@ -915,7 +908,7 @@ int replicator_start(const struct replicator_config *cfg, struct replicator **ou
 		}
 	}
 	if (r->journal) {
-		r->hold = journal_hold(r->journal, "replica", r->shipped_lsn);
+		r->hold = journal_hold_soft(r->journal, "replica", r->shipped_lsn);
 		if (r->hold < 0)
 			log_warn("replica: cannot hold the journal; segments may be recycled before they are shipped");
 	}

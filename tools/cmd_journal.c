@@ -261,16 +261,22 @@ int journal_status(const char *state_dir, const char *mountpoint, struct journal
 		journal_stats_path(mountpoint, path, sizeof(path));
 		if (kv_load(path, &kv) == 0) {
 			const char *keys[] = { "head", "written", "durable", "checkpoint",
-					       "segments", "segment_bytes", "flushes", "records" };
+					       "segments", "segment_bytes", "flushes", "records",
+					       "yielded", "yielded_at", "yielded_to" };
 			uint64_t *vals[] = { &st->head_lsn, &st->written_lsn, &st->durable_lsn,
 					     &st->checkpoint_lsn, &st->segments, &st->segment_bytes,
-					     &st->flushes, &st->records };
+					     &st->flushes, &st->records, &st->yielded,
+					     &st->yielded_at, &st->yielded_to };
 			for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
 				const char *v = kv_get(kv, keys[i]);
 				*vals[i] = v ? strtoull(v, NULL, 10) : 0;
 			}
 			const char *e = kv_get(kv, "error");
 			st->error = e && strcmp(e, "none") ? -EIO : 0;
+			snprintf(st->yielded_holds, sizeof(st->yielded_holds), "%s",
+				 kv_get(kv, "yielded_holds") ?: "");
+			snprintf(st->yield_reason, sizeof(st->yield_reason), "%s",
+				 kv_get(kv, "yield_reason") ?: "");
 			kv_free(kv);
 			free(dir);
 			return 0;

@@ -21,6 +21,7 @@
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -63,6 +64,14 @@ static const char mount_usage[] =
 	"                       DURATION (seconds, or with s, m, h, d) can be restored\n"
 	"                       with 'drfs restore BACKING @TIME'; default 1h, 0 keeps\n"
 	"                       only what the next snapshot needs\n"
+	"  -o journal_max=SIZE  the journal kept for journal_retention and for a replica\n"
+	"                       that is behind stops growing at SIZE (10G, or 20%% of the\n"
+	"                       backing filesystem): the oldest segments go, with a\n"
+	"                       warning in the log and in 'drfs status'; default 10%%\n"
+	"  -o journal_min_free=SIZE\n"
+	"                       the same when the backing filesystem has less than SIZE\n"
+	"                       (or N%%) free; default 5%%.  The journal that the next\n"
+	"                       checkpoint needs is always kept\n"
 	"  -o replica=URL       replicate to URL: file:///path, or s3://bucket/prefix with\n"
 	"                       ?endpoint=URL&region=R&path_style=1 where needed (default:\n"
 	"                       drfs.conf's replica=, set by 'drfs init --replica')\n"
@@ -91,6 +100,12 @@ static const char umount_usage[] =
 	"\n"
 	"Unmount a drfs filesystem and wait until its daemon has finished.\n";
 
+/* A size, or a percentage of the backing filesystem's size. */
+struct size_opt {
+	bool given, percent;
+	uint64_t value;
+};
+
 struct mount_opts {
 	char kernel[1024];   /* options for the kernel mount */
 	char after[256];     /* flags libfuse does not take, applied by a remount after mounting */
@@ -101,6 +116,7 @@ struct mount_opts {
 	bool snapshot_at_umount;  /* take a snapshot after a clean unmount (default; -o nosnapshot) */
 	long snapshot_interval;   /* seconds between live snapshots; 0: none; -1: not given */
 	long long journal_retention; /* seconds of journal kept for @TIME restores; -1: not given */
+	struct size_opt journal_max, journal_min_free;
 	char *replica;       /* -o replica=URL (else drfs.conf's) */
 	bool noreplica;      /* -o noreplica: do not replicate this mount */
 	unsigned int ship_interval; /* ms between journal pieces; 0: default */
@@ -109,6 +125,37 @@ struct mount_opts {
 	bool foreground;
 	bool remount;        /* -o remount: change the flags of a mounted drfs */
 };
+
+static int parse_size_opt(const char *key, const char *value, struct size_opt *o)
+{
+	size_t n = strlen(value);
+	char num[32];
+
+	if (n && value[n - 1] == '%' && n < sizeof(num)) {
+		uint64_t pct;
+		memcpy(num, value, n - 1);
+		num[n - 1] = 0;
+		if (!parse_size(num, &pct) && pct <= 100 && !strpbrk(num, "kKmMgGtT")) {
+			*o = (struct size_opt){ .given = true, .percent = true, .value = pct };
+			return 0;
+		}
+	} else if (!parse_size(value, &o->value)) {
+		o->given = true;
+		o->percent = false;
+		return 0;
+	}
+	say_error("mount option %s=%s: give a size (512M, 10G) or a percentage of the backing filesystem (10%%)",
+		  key, value);
+	return -EINVAL;
+}
+
+/* O in bytes for a filesystem of TOTAL bytes; DEFAULT_PCT when not given. */
+static uint64_t size_opt_bytes(const struct size_opt *o, uint64_t total, unsigned default_pct)
+{
+	if (!o->given)
+		return total / 100 * default_pct;
+	return o->percent ? total / 100 * o->value : o->value;
+}
 
 /* Options handed to the kernel mount as they are. */
 static const char *const kernel_flags[] = {
@@ -205,6 +252,16 @@ static int parse_opts(const char *arg, struct mount_opts *o)
 				break;
 			}
 			o->journal_retention = (long long)secs;
+		} else if (!strcmp(key, "journal_max") && value) {
+			if (parse_size_opt(key, value, &o->journal_max)) {
+				ret = EXIT_USAGE;
+				break;
+			}
+		} else if (!strcmp(key, "journal_min_free") && value) {
+			if (parse_size_opt(key, value, &o->journal_min_free)) {
+				ret = EXIT_USAGE;
+				break;
+			}
 		} else if (!strcmp(key, "replica") && value) {
 			struct backend *be;
 			struct backend_err err = { 0 };
@@ -337,11 +394,9 @@ static int write_records(const struct backing *b, const char *mountpoint)
 {
 	char text[8192], stamp[64], run[64];
 	time_t now = time(NULL);
-	struct tm tm;
 	int fd, len, ret;
 
-	gmtime_r(&now, &tm);
-	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	utc_time(now, stamp, sizeof(stamp));
 	len = snprintf(text, sizeof(text), "pid=%ld\nmountpoint=%s\nbacking=%s\nstarted=%s\n",
 		       (long)getpid(), mountpoint, b->path, stamp);
 	fd = open(b->state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -582,6 +637,10 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 						      : SNAPSHOT_INTERVAL_DEFAULT;
 	cfg.journal_hold_lsn = backing_hold_lsn(&b, retention, &hold, &latest) == 0 ? hold
 										    : UINT64_MAX;
+	struct statvfs sv;
+	uint64_t fs_bytes = statvfs(b.state_dir, &sv) == 0 ? (uint64_t)sv.f_blocks * sv.f_frsize : 0;
+	cfg.journal_max = size_opt_bytes(&o->journal_max, fs_bytes, JOURNAL_MAX_PCT_DEFAULT);
+	cfg.journal_min_free = size_opt_bytes(&o->journal_min_free, fs_bytes, JOURNAL_MIN_FREE_PCT_DEFAULT);
 	if (fs_open(&cfg, &fs)) {
 		say_error("mounting %s on %s failed; see the message above", b.path, mnt);
 		goto out;
@@ -709,7 +768,6 @@ static int snapmount_ready(void *arg)
 	struct snapmount_run *run = arg;
 	char text[8192], stamp[64];
 	time_t now = time(NULL);
-	struct tm tm;
 	int fd, len, ret;
 
 	if (*run->o->after && do_remount(run->mnt, run->o->after, true) != EXIT_OK)
@@ -723,8 +781,7 @@ static int snapmount_ready(void *arg)
 		redirect_stdio(run->log_path);
 		log_set_timestamps(true);
 	}
-	gmtime_r(&now, &tm);
-	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	utc_time(now, stamp, sizeof(stamp));
 	len = snprintf(text, sizeof(text),
 		       "pid=%ld\nmountpoint=%s\nsnapshot=%s\nrepository=%s\nstarted=%s\nlog=%s\n",
 		       (long)getpid(), run->mnt, run->id, run->repo, stamp, run->log_path);
@@ -766,6 +823,8 @@ static const char *snapmount_refused(const struct mount_opts *o)
 		return "snapshot_interval";
 	if (o->journal_retention >= 0)
 		return "journal_retention";
+	if (o->journal_max.given || o->journal_min_free.given)
+		return "journal_max";
 	if (o->replica || o->noreplica)
 		return "replica";
 	if (o->ship_interval)
@@ -806,9 +865,8 @@ static int do_snapshot_mount(const char *spec, const char *source, const char *m
 
 	store_id_hex(&s.id, run.id);
 	if (spec[0] == '@') {
-		time_t t = (time_t)(s.time_ns / 1000000000);
 		char when[40];
-		strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+		utc_time(s.time_ns / 1000000000, when, sizeof(when));
 		fprintf(stderr, "drfs: showing snapshot %.16s of %s, the newest at or before %s; 'drfs restore %s %s DIR' also replays the journal up to that time\n",
 			run.id, when, spec + 1, o->source ? o->source : source, spec);
 	}

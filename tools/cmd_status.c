@@ -169,11 +169,8 @@ int cmd_status(int argc, char **argv)
 	double age = 0;
 	if (last) {
 		struct timespec now;
-		time_t t = (time_t)(last->time_ns / 1000000000);
-		struct tm tm;
 		store_id_hex(&last->id, last_hex);
-		gmtime_r(&t, &tm);
-		strftime(last_when, sizeof(last_when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+		utc_time(last->time_ns / 1000000000, last_when, sizeof(last_when));
 		clock_gettime(CLOCK_REALTIME, &now);
 		age = (now.tv_sec * 1e9 + now.tv_nsec - (double)last->time_ns) / 1e9;
 	}
@@ -189,12 +186,8 @@ int cmd_status(int argc, char **argv)
 				pitr = &snaps[i];
 	}
 	free(jdir);
-	if (pitr) {
-		time_t t = (time_t)(pitr->time_ns / 1000000000);
-		struct tm tm;
-		gmtime_r(&t, &tm);
-		strftime(pitr_when, sizeof(pitr_when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	}
+	if (pitr)
+		utc_time(pitr->time_ns / 1000000000, pitr_when, sizeof(pitr_when));
 
 	/* the replica, as the daemon last wrote it */
 	struct replica_status rs;
@@ -238,10 +231,17 @@ int cmd_status(int argc, char **argv)
 		if (!jret)
 			printf(",\"journal\":{\"head_lsn\":%llu,\"durable_lsn\":%llu,"
 			       "\"checkpoint_lsn\":%llu,\"segments\":%llu,\"segment_bytes\":%llu,"
-			       "\"error\":%s}",
+			       "\"error\":%s,\"yielded_segments\":%llu,\"yielded_at\":%llu,"
+			       "\"yielded_holds\":\"%s\",\"yield_reason\":",
 			       (unsigned long long)js.head_lsn, (unsigned long long)js.durable_lsn,
 			       (unsigned long long)js.checkpoint_lsn, (unsigned long long)js.segments,
-			       (unsigned long long)js.segment_bytes, js.error ? "true" : "false");
+			       (unsigned long long)js.segment_bytes, js.error ? "true" : "false",
+			       (unsigned long long)js.yielded, (unsigned long long)js.yielded_at,
+			       js.yielded_holds);
+		if (!jret) {
+			json_str(js.yield_reason);
+			printf("}");
+		}
 		if (last)
 			printf(",\"snapshots\":{\"count\":%zu,\"latest\":\"%s\",\"latest_time\":\"%s\","
 			       "\"latest_age_seconds\":%.0f,\"latest_lsn\":%llu,\"journal_bytes_since\":%llu}",
@@ -301,6 +301,12 @@ int cmd_status(int argc, char **argv)
 			       (unsigned long long)(js.head_lsn - js.durable_lsn),
 			       (unsigned long long)js.checkpoint_lsn, (unsigned long long)js.segments,
 			       js.segment_bytes / 1048576.0, js.error ? "; FAILED, see the log" : "");
+		if (!jret && js.yielded) {
+			char when[32];
+			utc_time((int64_t)js.yielded_at, when, sizeof(when));
+			printf("             WARNING: %llu segments the %s hold kept were recycled, the last at %s: %s; raise journal_max or free space\n",
+			       (unsigned long long)js.yielded, js.yielded_holds, when, js.yield_reason);
+		}
 		if (last)
 			printf("snapshots:   %zu; latest %.16s at %s (%.0f s ago), LSN %llu; %llu journal bytes since\n",
 			       nsnaps, last_hex, last_when, age, (unsigned long long)last->lsn,

@@ -136,6 +136,8 @@ int backing_hold_lsn(const struct backing *b, uint64_t retention_s, uint64_t *ho
 		     uint64_t *latest);
 #define JOURNAL_RETENTION_DEFAULT 3600   /* seconds: -o journal_retention */
 #define SNAPSHOT_INTERVAL_DEFAULT 600    /* seconds: -o snapshot_interval */
+#define JOURNAL_MAX_PCT_DEFAULT 10       /* of the backing filesystem: -o journal_max */
+#define JOURNAL_MIN_FREE_PCT_DEFAULT 5   /* of the backing filesystem: -o journal_min_free */
 
 struct journal_stats;
 /*

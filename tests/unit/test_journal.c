@@ -654,10 +654,81 @@ static void test_live_segments(void **state)
 	}
 }
 
+/* Appends ~MIB MiB of 64 KiB WRITE records to J and waits for them. */
+static void append_mib(struct journal *j, int mib)
+{
+	static char data[65536];
+
+	for (int i = 0; i < mib * 16; i++) {
+		struct jrec r = { .type = JR_WRITE, .fid = { 7, 1 }, .offset = (uint64_t)i * sizeof(data),
+				  .data = data, .data_len = sizeof(data) };
+		int err;
+		uint64_t end;
+
+		journal_apply_begin(j);
+		end = journal_append(j, &r, true, &err);
+		assert_true(end > 0);
+		assert_int_equal(journal_wait(j, end), 0);
+		journal_apply_end(j);
+	}
+}
+
+static size_t segments_in(const char *jdir)
+{
+	struct jseg *segs;
+	size_t nseg;
+	int dfd = open(jdir, O_RDONLY | O_DIRECTORY);
+
+	assert_int_equal(jseg_list(dfd, &segs, &nseg), 0);
+	free(segs);
+	close(dfd);
+	return nseg;
+}
+
+/*
+ * Soft holds give way past max_bytes (the segments beyond the cap go at a
+ * checkpoint); a hard hold never does, and nothing is counted as given up.
+ */
+static void test_soft_hold(void **state)
+{
+	char jdir[512], tree[512];
+	struct replay_result rr;
+	struct journal_stats st;
+
+	(void)state;
+	snprintf(jdir, sizeof(jdir), "%s/js", scratch);
+	snprintf(tree, sizeof(tree), "%s/ts", scratch);
+	for (int hard = 0; hard < 2; hard++) {
+		sh("rm -rf %s %s && mkdir -p %s", jdir, tree, tree);
+		assert_int_equal(journal_create(jdir, 4 << 20, 0), 0);
+		struct journal_config cfg = { .dir = jdir, .checkpoint_interval_ms = 100000,
+					      .max_bytes = 8 << 20 };
+		struct journal *j;
+		cfg.backing_fd = open(tree, O_RDONLY | O_DIRECTORY);
+		assert_true(cfg.backing_fd >= 0);
+		assert_int_equal(journal_open(&cfg, &j, &rr), 0);
+		assert_int_equal(journal_start(j), 0);
+		assert_true(journal_hold_soft(j, "retention", 0) >= 0);
+		if (hard)
+			assert_true(journal_hold(j, "reader", 0) >= 0);
+		append_mib(j, 20);
+		journal_get_stats(j, &st);
+		if (hard)
+			assert_int_equal(st.yielded, 0);
+		assert_int_equal(journal_close(j), 0);
+		close(cfg.backing_fd);
+		if (hard)
+			assert_true(segments_in(jdir) >= 5);    /* the hard hold kept them all */
+		else
+			assert_true(segments_in(jdir) <= 2);    /* down to the 8 MiB cap */
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_crc32c),
+		cmocka_unit_test(test_soft_hold),
 		cmocka_unit_test(test_roundtrip),
 		cmocka_unit_test(test_encode_head),
 		cmocka_unit_test(test_torn_every_offset),
