@@ -55,7 +55,7 @@ require "init with a file:// replica" "$DRFS" init "$B" --replica "file://$R"
 M=$T/m
 mount_drfs "$B" "$M"
 $LOAD "$M" 11 200 --big 3000000 >/dev/null
-sync -f "$M"
+durable "$M"
 check "the replica catches up" caught_up "$B"
 check_eq "the replica's journal reaches the durable LSN" 1 \
 	"$("$DRFS" status "$B" --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["replica"]; print(int(r["remote_lsn"] == r["durable_lsn"] > 0))')"
@@ -76,7 +76,7 @@ check "consistent after a clean run" consistent "$R"
 
 # ---- the primary dies: the replica has everything shipped, snapshot or not ----
 $LOAD "$M" 12 150 >/dev/null
-sync -f "$M"
+durable "$M"
 check "caught up before the crash" caught_up "$B"
 $DIGEST "$M" --no-mtime >"$T/before-crash"
 sleep 0.3
@@ -93,7 +93,7 @@ check "consistent after the crash" consistent "$R"
 mount_drfs "$B" "$M"
 mv "$R" "$R.away"
 echo "while away" >"$M/away"
-sync -f "$M"
+durable "$M"
 check "status shows the replica failing" wait_failing "$B"
 "$DRFS" status "$B" >"$T/st.out" 2>&1
 check "the status line says FAILING and names the replica directory" \
@@ -115,7 +115,7 @@ umount -l "$M" 2>/dev/null
 mount_drfs "$B" "$M"
 echo after >"$M/after-restart"
 check "replication resumes after the daemon was killed" caught_up "$B"
-sync -f "$M"
+durable "$M"
 check "and catches up with what came after" caught_up "$B"
 $DIGEST "$M" --no-mtime >"$T/resumed"
 rm -rf "$T/r3"
@@ -135,9 +135,9 @@ mount_drfs "$E" "$ME" snapshot_interval=0,journal_retention=0
 echo first >"$ME/first"
 check "e caught up" caught_up "$E"
 mv "$RE" "$RE.away"
-for i in $(seq 1 6); do head -c 4000000 /dev/urandom >"$ME/f$i"; sync -f "$ME"; done
+for i in $(seq 1 6); do head -c 4000000 /dev/urandom >"$ME/f$i"; durable "$ME"; done
 check "a snapshot during the outage" "$DRFS" snapshot "$ME" >/dev/null
-for i in $(seq 7 12); do head -c 4000000 /dev/urandom >"$ME/f$i"; sync -f "$ME"; done
+for i in $(seq 7 12); do head -c 4000000 /dev/urandom >"$ME/f$i"; durable "$ME"; done
 first_seg=$(ls "$E/.drfs/journal" | grep -c '^00000001-0000000000000000.seg$')
 check_eq "the first segment is still there while the replica is away" 1 "$first_seg"
 mv "$RE.away" "$RE"
@@ -161,7 +161,7 @@ require "init with a small replica" "$DRFS" init "$BF" --replica "file://$F"
 MF=$T/mf
 mount_drfs "$BF" "$MF"
 head -c 6000000 /dev/urandom >"$MF/too-big"
-sync -f "$MF"
+durable "$MF"
 check "a full replica shows as failing" wait_failing "$BF"
 check "and says what to do" grep -q "free space on the replica" <("$DRFS" status "$BF")
 check_eq "the mount still reads what was written" 6000000 "$(stat -c %s "$MF/too-big")"
@@ -174,7 +174,7 @@ umount "$F"
 mount_drfs "$B" "$M" replica_bwlimit=1M
 check "caught up at the start" caught_up "$B"
 head -c 4000000 /dev/urandom >"$M/limited"
-sync -f "$M"
+durable "$M"
 t0=$(date +%s.%N)
 sleep 1
 for _ in $(seq 1 10); do fresh "$B" "$t0" 'True' && break; sleep 0.2; done

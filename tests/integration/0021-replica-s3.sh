@@ -46,7 +46,7 @@ CAUGHT_UP_TRIES=450      # 90 s: retries behind injected faults back off
 # restore from the S3 server equals the mount (contents and metadata)
 matches_mount() {
 	local m=$1 name=$2
-	sync -f "$m"
+	durable "$m"
 	"$DRFS" snapshot "$m" --tag "$name" >/dev/null || { say "$name: no snapshot"; return 1; }
 	caught_up "$B" || { say "$name: not caught up"; return 1; }
 	shipped_latest "$B" || { say "$name: the snapshot is not on the replica"; return 1; }
@@ -72,7 +72,7 @@ shipped_latest() {
 # pieces after it) from the S3 server equals the mount
 pitr_matches() {
 	local m=$1 name=$2
-	sync -f "$m"
+	durable "$m"
 	caught_up "$B" || { say "$name: not caught up"; return 1; }
 	$DIGEST "$m" --no-mtime >"$T/$name.want"
 	rm -rf "$T/$name"
@@ -94,9 +94,8 @@ check "the S3 replica catches up" matches_mount "$M" r1
 check "and holds the snapshot just taken" shipped_latest "$B"
 # the journal pieces: changes after the snapshot come back from them
 mkdir "$M/after-snapshot"; echo one >"$M/after-snapshot/one"; mv "$M/w" "$M/after-snapshot/w"
-# (restore @now from s3:// after this rename is checked by pitr_matches, which
-# fails today: see the open note on point-in-time replay; 0020 covers @now
-# from a file:// replica's pieces)
+check "restore @now from s3:// (the snapshot and the pieces after it) equals the mount" \
+	pitr_matches "$M" p1
 rm -rf "$T/r-latest"
 check "restore latest from s3://" "$DRFS" restore "$DIRECT" latest "$T/r-latest"
 check_eq "equals the local snapshot's restore" \
@@ -121,6 +120,8 @@ for fault in "mode=reset count=4" "mode=500 count=4" "mode=503 count=4" "mode=tr
 done
 : >"$CTL"
 check "retries were counted" [ "$(rstat "$B" retries)" -gt 0 ]
+$LOAD "$M/after-snapshot" 120 30 >/dev/null
+check "restore @now from s3:// after the faults equals the mount" pitr_matches "$M" p2
 
 # ---- the server killed and restarted in the middle of uploads ----
 head -c 20000000 /dev/urandom >"$M/while-down" &
@@ -128,7 +129,7 @@ writer=$!
 sleep 0.5
 "$S3SERVER" stop "$SRV" >/dev/null
 wait $writer
-sync -f "$M"
+durable "$M"
 check "status shows the replica failing while the server is down" wait_failing "$B"
 "$DRFS" status "$B" >"$T/st.out" 2>&1
 check "the status line names the error" grep -Eq "FAILING for [0-9]+ s: .*(refused|connect|reset|peer|503|500)" "$T/st.out"
@@ -152,7 +153,7 @@ umount_drfs "$M"
 bad_mount() { # OPTS EXPECTED-PATTERN NAME
 	mount_drfs "$B" "$M" "$1"
 	echo "$3" >"$M/$3"
-	sync -f "$M"
+	durable "$M"
 	check "$3: status shows the replica failing" wait_failing "$B"
 	check "$3: the error says what" grep -Eq "$2" <(rstat "$B" last_error; rstat "$B" last_error_code)
 	check_eq "$3: writes go on" "$3" "$(cat "$M/$3")"

@@ -1,6 +1,14 @@
 # Sourced by the replication tests after lib.sh: reading the replica's
 # figures from 'drfs status --json' and waiting on them.
 
+# durable MOUNT: every change made so far is in the durable journal.  sync -f
+# writes the dirty pages back, but FUSE sends no syncfs: namespace records
+# would reach the disk only within the flush interval; an fsync of the root
+# directory waits for the whole journal.
+durable() {
+	sync -f "$1" &&
+		python3 -c 'import os,sys; fd=os.open(sys.argv[1], os.O_RDONLY|os.O_DIRECTORY); os.fsync(fd)' "$1"
+}
 # rstat BACKING KEY: a field of 'drfs status --json' .replica
 rstat() {
 	"$DRFS" status "$1" --json 2>/dev/null |
