@@ -303,7 +303,16 @@ static int apply_xattr(struct pobj *o, const struct jrec *r)
 	return ret;
 }
 
-/* Applies R.  1 applied, 0 skipped (an object nothing holds), -errno. */
+/*
+ * A namespace record whose directory (or, for LINK, whose object) neither
+ * the snapshot nor an earlier record made: the replay cannot be trusted on.
+ */
+#define MISSING_OBJECT (-EBADSLT)
+
+/*
+ * Applies R.  1 applied; 0 skipped (data or attributes of an object nothing
+ * holds: a file unlinked while open); MISSING_OBJECT; -errno.
+ */
 static int apply(struct pitr *p, const struct jrec *r)
 {
 	char n1[NAME_MAX + 1], n2[NAME_MAX + 1];
@@ -340,19 +349,19 @@ static int apply(struct pitr *p, const struct jrec *r)
 		return apply_xattr(o, r);
 	case JR_CREATE:
 		if (!(d = obj_of(p, r->fid2)))
-			return 0;
+			return MISSING_OBJECT;
 		touch(d, r);
 		return apply_create(p, d, r, name_of(r->name, r->name_len, n1));
 	case JR_LINK:
 		if (!(o = obj_of(p, r->fid)) || !(d = obj_of(p, r->fid2)))
-			return 0;
+			return MISSING_OBJECT;
 		touch(d, r);
 		if (linkat(o->fd, "", d->fd, name_of(r->name, r->name_len, n1), AT_EMPTY_PATH))
 			return -errno;
 		return 1;
 	case JR_UNLINK:
 		if (!(d = obj_of(p, r->fid2)))
-			return 0;
+			return MISSING_OBJECT;
 		touch(d, r);
 		if (unlinkat(d->fd, name_of(r->name, r->name_len, n1),
 			     (r->flags & JR_UNLINK_DIR) ? AT_REMOVEDIR : 0))
@@ -361,7 +370,7 @@ static int apply(struct pitr *p, const struct jrec *r)
 	case JR_RENAME: {
 		struct pobj *from = obj_of(p, r->fid), *to = obj_of(p, r->fid2);
 		if (!from || !to)
-			return 0;
+			return MISSING_OBJECT;
 		touch(from, r);
 		touch(to, r);
 		if (renameat2(from->fd, name_of(r->name, r->name_len, n1), to->fd,
@@ -425,7 +434,10 @@ static int replay_log(struct pitr *p, const char *dir, uint64_t from, uint64_t e
 			char what[600];
 			describe(&r, what, sizeof(what));
 			snprintf(st->why, sizeof(st->why), "the %s record at LSN 0x%llx%s cannot be applied: %s",
-				 jrec_type_name(r.type), (unsigned long long)r.lsn, what, strerror(-ret));
+				 jrec_type_name(r.type), (unsigned long long)r.lsn, what,
+				 ret == MISSING_OBJECT
+					 ? "a directory or file it names is neither in the snapshot nor made by an earlier record (the journal and the snapshot disagree)"
+					 : strerror(-ret));
 			break;
 		}
 		if (ret)
