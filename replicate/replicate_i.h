@@ -50,8 +50,13 @@ struct s3_url {
 	char prefix[1024];            /* "" or ending in '/' */
 	char region[64];
 	bool path_style;
+	uint64_t multipart_threshold; /* objects over this go up in parts */
+	uint64_t part_size;
 };
-/* Parses s3://bucket/prefix?endpoint=&region=&path_style=.  0 or -EINVAL (ERR says why). */
+/*
+ * Parses s3://bucket/prefix?endpoint=&region=&path_style=&multipart_threshold=&part_size=.
+ * 0 or -EINVAL (ERR says why).
+ */
 int s3_parse_url(const char *url, struct s3_url *u, struct backend_err *err);
 /* Percent-encodes IN (RFC 3986 unreserved kept, '/' too when KEEP_SLASH; upper-case hex). */
 void s3_encode(const char *in, bool keep_slash, char *out, size_t len);

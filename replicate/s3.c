@@ -6,7 +6,9 @@
  * which the signature covers, so the server verifies the bytes it stores;
  * Content-Length is always sent.  Query parameters are sorted and
  * percent-encoded before signing, and so are object keys: the canonical
- * request is built from the URL as sent.  Calls are blocking and
+ * request is built from the URL as sent.  Objects over the multipart
+ * threshold go up in parts (each part checked the same way), and an upload
+ * that fails part-way is aborted.  Calls are blocking and
  * thread-safe; the replicator runs several at once, and connections are
  * shared among them (a curl share handle).  Nothing is retried here: the
  * replicator above retries with backoff, and err->retry says whether that
@@ -24,13 +26,18 @@
 
 #include "replicate_i.h"
 
-#define S3_OBJECT_MAX (5ull << 30)    /* one PUT; drfs objects are at most a few tens of MiB */
+#define S3_OBJECT_MAX (5ull << 30)    /* one PUT, and one part */
+#define S3_PART_MIN (5ull << 20)      /* every part but the last */
+#define S3_PARTS_MAX 10000
+#define S3_MULTIPART_DEFAULT (64ull << 20)
+#define S3_PART_DEFAULT (16ull << 20)
 
 struct s3 {
 	char *endpoint;               /* scheme://host[:port], no trailing slash */
 	char *bucket, *prefix;        /* prefix ends in '/' or is "" */
 	char *region;
 	bool path_style;
+	uint64_t multipart_threshold, part_size;
 	char *key_id, *secret, *token;
 	char sigv4[128];
 	CURLSH *share;
@@ -212,12 +219,28 @@ int s3_parse_url(const char *url, struct s3_url *u, struct backend_err *err)
 			u->prefix[plen++] = '/';
 	}
 	strcpy(u->region, "us-east-1");
+	u->multipart_threshold = S3_MULTIPART_DEFAULT;
+	u->part_size = S3_PART_DEFAULT;
 	if (q) {
-		char v[16];
+		char v[32];
 		query_get(q + 1, "region", u->region, sizeof(u->region));
 		if (query_get(q + 1, "path_style", v, sizeof(v)))
 			u->path_style = !strcmp(v, "1") || !strcmp(v, "true");
 		query_get(q + 1, "endpoint", u->endpoint, sizeof(u->endpoint));
+		if (query_get(q + 1, "multipart_threshold", v, sizeof(v)) &&
+		    (parse_size(v, &u->multipart_threshold) || u->multipart_threshold > S3_OBJECT_MAX)) {
+			backend_err_set(err, false, 0, NULL,
+					"replica URL '%s': multipart_threshold=%s: give a size up to 5G (64M, 1G)",
+					url, v);
+			return -EINVAL;
+		}
+		if (query_get(q + 1, "part_size", v, sizeof(v)) &&
+		    (parse_size(v, &u->part_size) || u->part_size < S3_PART_MIN ||
+		     u->part_size > S3_OBJECT_MAX)) {
+			backend_err_set(err, false, 0, NULL,
+					"replica URL '%s': part_size=%s: give a size from 5M to 5G", url, v);
+			return -EINVAL;
+		}
 	}
 	if (!u->endpoint[0])
 		snprintf(u->endpoint, sizeof(u->endpoint), "https://s3.%s.amazonaws.com", u->region);
@@ -244,6 +267,7 @@ struct reply {                        /* what it receives */
 	unsigned char *buf;           /* malloc'd, or the caller's (fixed) */
 	size_t len, cap;
 	bool fixed;
+	char etag[128];               /* the ETag header, quotes kept */
 };
 
 static size_t read_cb(char *dst, size_t size, size_t n, void *arg)
@@ -289,6 +313,26 @@ static size_t write_cb(char *src, size_t size, size_t n, void *arg)
 	memcpy(r->buf + r->len, src, len);
 	r->len += len;
 	return size * n;
+}
+
+static size_t header_cb(char *line, size_t size, size_t n, void *arg)
+{
+	struct reply *r = arg;
+	size_t len = size * n;
+
+	if (len > 5 && !strncasecmp(line, "etag:", 5)) {
+		const char *v = line + 5;
+		size_t l = len - 5;
+		while (l && (*v == ' ' || *v == '\t'))
+			v++, l--;
+		while (l && (v[l - 1] == '\r' || v[l - 1] == '\n' || v[l - 1] == ' '))
+			l--;
+		if (l < sizeof(r->etag)) {
+			memcpy(r->etag, v, l);
+			r->etag[l] = 0;
+		}
+	}
+	return len;
 }
 
 static void sha256_hex(const void *data, size_t len, int fd, off_t off, char *hex)
@@ -370,11 +414,14 @@ static long request(struct backend *b, const char *method, const char *key, cons
 	struct s3 *s = s3(b);
 	char url[4096], hdr_sha[128], hdr_range[96], hdr_token[2100], hash[65];
 	struct curl_slist *h = NULL;
+	struct body empty = { .mem = (const unsigned char *)"", .fd = -1 };
 	CURL *c = curl_easy_init();
 	long http = 0;
 
 	if (!c)
 		return -ENOMEM;
+	if (!body && !strcmp(method, "POST"))
+		body = &empty;
 	object_url(s, key, query, url, sizeof(url));
 	if (body)
 		sha256_hex(body->mem, body->len, body->mem ? -1 : body->fd, body->off, hash);
@@ -405,7 +452,17 @@ static long request(struct backend *b, const char *method, const char *key, cons
 	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 30L);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, write_cb);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, reply);
-	if (!strcmp(method, "PUT")) {
+	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, header_cb);
+	curl_easy_setopt(c, CURLOPT_HEADERDATA, reply);
+	if (!strcmp(method, "POST")) {
+		/* not a form: no Content-Type of curl's choosing */
+		h = curl_slist_append(h, "Content-Type: application/xml");
+		curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+		curl_easy_setopt(c, CURLOPT_POST, 1L);
+		curl_easy_setopt(c, CURLOPT_READFUNCTION, read_cb);
+		curl_easy_setopt(c, CURLOPT_READDATA, body);
+		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body->len);
+	} else if (!strcmp(method, "PUT")) {
 		curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
 		curl_easy_setopt(c, CURLOPT_READFUNCTION, read_cb);
 		curl_easy_setopt(c, CURLOPT_READDATA, body);
@@ -463,18 +520,128 @@ static int status_err(struct backend *b, const char *method, const char *key, lo
 	return -EIO;
 }
 
+/* Ends the multipart upload ENC_ID of KEY without an object; a failure only costs storage. */
+static void abort_upload(struct backend *b, const char *key, const char *enc_id)
+{
+	struct backend_err ignored = { 0 };
+	struct reply r = { 0 };
+	char query[1400];
+
+	snprintf(query, sizeof(query), "uploadId=%s", enc_id);
+	long http = request(b, "DELETE", key, query, NULL, &r, NULL, NULL, &ignored);
+	if (http / 100 != 2)
+		log_warn("replica: cannot abort the multipart upload of %s/%s (HTTP %ld); its parts stay on the server until a lifecycle rule removes them",
+			 b->url, key, http);
+	free(r.buf);
+}
+
+/*
+ * BODY in parts of the backend's part size (more when 10000 would not hold
+ * it): start, one PUT per part (each with its payload's SHA-256 signed),
+ * complete with the parts' ETags.  Anything failing aborts the upload; the
+ * replicator retries the whole object.
+ */
+static int put_multipart(struct backend *b, const char *key, const struct body *body,
+			 struct backend_err *err)
+{
+	struct s3 *s = s3(b);
+	uint64_t part = s->part_size;
+	struct reply r = { 0 };
+	char id[400], enc_id[1300], query[1400];
+	char *xml = NULL;
+	size_t nparts, xlen = 0;
+	int ret = 0;
+
+	if ((body->len + part - 1) / part > S3_PARTS_MAX)
+		part = (body->len + S3_PARTS_MAX - 1) / S3_PARTS_MAX;
+	nparts = (body->len + part - 1) / part;
+	long http = request(b, "POST", key, "uploads=", NULL, &r, NULL, NULL, err);
+	if (http / 100 != 2) {
+		ret = status_err(b, "POST (start a multipart upload)", key, http, &r, err);
+		free(r.buf);
+		return ret;
+	}
+	id[0] = 0;
+	if (r.buf) {
+		char *text = strndup((const char *)r.buf, r.len);
+		if (text)
+			s3_xml_tag(text, "UploadId", id, sizeof(id));
+		free(text);
+	}
+	free(r.buf);
+	if (!id[0]) {
+		backend_err_set(err, true, (int)http, NULL,
+				"POST %s/%s?uploads: the answer names no UploadId; drfs retries", b->url, key);
+		return -EIO;
+	}
+	s3_encode(id, false, enc_id, sizeof(enc_id));
+	xml = malloc(nparts * 200 + 128);
+	if (!xml) {
+		abort_upload(b, key, enc_id);
+		return -ENOMEM;
+	}
+	xlen = (size_t)sprintf(xml, "<CompleteMultipartUpload>");
+	for (size_t i = 0; i < nparts && !ret; i++) {
+		uint64_t off = i * part;
+		struct body pb = { .mem = body->mem ? body->mem + off : NULL, .fd = body->fd,
+				   .off = body->off + (off_t)off,
+				   .len = (size_t)(body->len - off < part ? body->len - off : part) };
+		struct reply pr = { 0 };
+		/* sorted by name: partNumber, uploadId */
+		snprintf(query, sizeof(query), "partNumber=%zu&uploadId=%s", i + 1, enc_id);
+		http = request(b, "PUT", key, query, &pb, &pr, NULL, NULL, err);
+		if (http / 100 != 2) {
+			ret = status_err(b, "PUT (a part)", key, http, &pr, err);
+		} else if (!pr.etag[0]) {
+			backend_err_set(err, true, (int)http, NULL,
+					"PUT %s/%s part %zu: the answer has no ETag; drfs retries", b->url, key, i + 1);
+			ret = -EIO;
+		} else {
+			xlen += (size_t)sprintf(xml + xlen, "<Part><PartNumber>%zu</PartNumber><ETag>%s</ETag></Part>",
+						i + 1, pr.etag);
+		}
+		free(pr.buf);
+	}
+	if (!ret) {
+		xlen += (size_t)sprintf(xml + xlen, "</CompleteMultipartUpload>");
+		struct body xb = { .mem = (const unsigned char *)xml, .fd = -1, .len = xlen };
+		snprintf(query, sizeof(query), "uploadId=%s", enc_id);
+		r = (struct reply){ 0 };
+		http = request(b, "POST", key, query, &xb, &r, NULL, NULL, err);
+		if (http / 100 != 2) {
+			ret = status_err(b, "POST (complete a multipart upload)", key, http, &r, err);
+		} else if (r.buf && memmem(r.buf, r.len, "<Error>", 7)) {
+			/* S3 may answer 200 and put the error in the body */
+			char code[64], msg[256];
+			error_of(&r, code, sizeof(code), msg, sizeof(msg));
+			backend_err_set(err, true, (int)http, code,
+					"POST %s/%s (complete a multipart upload): %s: %s; drfs retries",
+					b->url, key, code, msg);
+			ret = -EIO;
+		}
+		free(r.buf);
+	}
+	free(xml);
+	if (ret)
+		abort_upload(b, key, enc_id);
+	return ret;
+}
+
 static int s3_put_body(struct backend *b, const char *key, struct body *body,
 		       struct backend_err *err)
 {
 	struct reply r = { 0 };
+	long http;
+	int ret;
 
-	if (body->len > S3_OBJECT_MAX) {
-		backend_err_set(err, false, 0, NULL, "PUT %s/%s: %zu bytes is more than one PUT takes",
-				b->url, key, body->len);
-		return -EFBIG;
+	if (body->len > s3(b)->multipart_threshold) {
+		ret = put_multipart(b, key, body, err);
+		if (!ret)
+			atomic_fetch_add(&b->put_bytes, body->len);
+		return ret;
 	}
-	long http = request(b, "PUT", key, NULL, body, &r, NULL, NULL, err);
-	int ret = http / 100 == 2 ? 0 : status_err(b, "PUT", key, http, &r, err);
+	http = request(b, "PUT", key, NULL, body, &r, NULL, NULL, err);
+	ret = http / 100 == 2 ? 0 : status_err(b, "PUT", key, http, &r, err);
 	free(r.buf);
 	if (!ret)
 		atomic_fetch_add(&b->put_bytes, body->len);
@@ -683,6 +850,8 @@ int s3_backend_open(const char *url, struct backend **out, struct backend_err *e
 	s->prefix = strdup(u.prefix);
 	s->region = strdup(u.region);
 	s->path_style = u.path_style;
+	s->multipart_threshold = u.multipart_threshold;
+	s->part_size = u.part_size;
 	b->url = strdup(url);
 	snprintf(s->sigv4, sizeof(s->sigv4), "aws:amz:%s:s3", u.region);
 	const char *id = getenv("AWS_ACCESS_KEY_ID"), *secret = getenv("AWS_SECRET_ACCESS_KEY");

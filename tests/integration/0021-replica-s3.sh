@@ -36,7 +36,8 @@ CTL=$T/faults
 $PROXY "$PPORT" "${S3_ENDPOINT#http://}" "$CTL" 2>"$T/proxy.log" &
 proxy_pid=$!
 for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/$PPORT) 2>/dev/null && break; sleep 0.1; done
-URL="s3://$S3_BUCKET/drfs-test?endpoint=http://127.0.0.1:$PPORT&region=$S3_REGION&path_style=1"
+# objects over 8 MiB (journal pieces and packs of up to 16 MiB) go up in 5 MiB parts
+URL="s3://$S3_BUCKET/drfs-test?endpoint=http://127.0.0.1:$PPORT&region=$S3_REGION&path_style=1&multipart_threshold=8M&part_size=5M"
 # reads of the replica (restore, snapshots, snapshot mount) go to the server directly
 DIRECT="s3://$S3_BUCKET/drfs-test?endpoint=$S3_ENDPOINT&region=$S3_REGION&path_style=1"
 
@@ -105,6 +106,8 @@ MOUNTS+=("$T/sm")
 check "snapshot-mount from s3://" "$DRFS" mount --snapshot latest "$DIRECT" "$T/sm"
 check_eq "the snapshot mount equals the restore" "$($DIGEST "$T/r-latest")" "$($DIGEST "$T/sm")"
 "$DRFS" umount "$T/sm"
+check "big objects went up in parts" grep -q "PUT /$S3_BUCKET/drfs-test/.*?partNumber=3&uploadId=" "$T/proxy.log"
+check "and their uploads were completed" grep -q "POST /$S3_BUCKET/drfs-test/.*?uploadId=" "$T/proxy.log"
 n=$("$DRFS" status "$B" --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["replica"]; print(r["requests_per_gib"])')
 say "requests per GiB shipped so far: $n"
 

@@ -2,7 +2,9 @@
  * test_replicate.c - replicate/: the file:// backend (objects appear whole,
  * listing in key order under a prefix, ranged reads, absent objects, a
  * missing replica directory, keys that would climb out) and the journal
- * read back from pieces (chains, overlaps, gaps, damage).
+ * read back from pieces (chains, overlaps, gaps, damage); the s3:// URL,
+ * key encoding and XML pieces (the requests themselves are tested against a
+ * real server by 0021-replica-s3).
  *
  * Every test works in its own directory under /tmp, removed at the end.
  */
@@ -24,6 +26,7 @@
 #include "../../common/common.h"
 #include "../../journal/journal.h"
 #include "../../replicate/replicate.h"
+#include "../../replicate/replicate_i.h"
 
 struct fix {
 	char root[64];
@@ -290,6 +293,49 @@ static void test_fetch_journal(void **state)
 	assert_int_equal(count_records(dir, ends[12], &rend), 29 - 12);
 }
 
+static void test_s3_url(void **state)
+{
+	struct backend_err err = { 0 };
+	struct s3_url u;
+	char enc[256], text[64];
+
+	(void)state;
+	assert_int_equal(s3_parse_url("s3://my-bucket/a/b/?endpoint=http://127.0.0.1:9000/&region=eu-west-1&path_style=1",
+				      &u, &err), 0);
+	assert_string_equal(u.bucket, "my-bucket");
+	assert_string_equal(u.prefix, "a/b/");
+	assert_string_equal(u.endpoint, "http://127.0.0.1:9000");
+	assert_string_equal(u.region, "eu-west-1");
+	assert_true(u.path_style);
+	assert_int_equal(u.multipart_threshold, 64 << 20);
+	assert_int_equal(u.part_size, 16 << 20);
+
+	assert_int_equal(s3_parse_url("s3://bkt", &u, &err), 0);
+	assert_string_equal(u.prefix, "");
+	assert_string_equal(u.endpoint, "https://s3.us-east-1.amazonaws.com");
+	assert_false(u.path_style);
+
+	assert_int_equal(s3_parse_url("s3://bkt/p?multipart_threshold=8M&part_size=5M", &u, &err), 0);
+	assert_int_equal(u.multipart_threshold, 8 << 20);
+	assert_int_equal(u.part_size, 5 << 20);
+	assert_int_equal(s3_parse_url("s3://bkt/p?part_size=1M", &u, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "part_size=1M"));
+	assert_int_equal(s3_parse_url("s3://bkt/p?multipart_threshold=lots", &u, &err), -EINVAL);
+	assert_int_equal(s3_parse_url("s3://ab/p", &u, &err), -EINVAL);
+	assert_int_equal(s3_parse_url("s3://Upper/p", &u, &err), -EINVAL);
+	assert_int_equal(s3_parse_url("s3://bkt/p?endpoint=ftp://x", &u, &err), -EINVAL);
+
+	s3_encode("a b/c=d~e", true, enc, sizeof(enc));
+	assert_string_equal(enc, "a%20b/c%3Dd~e");
+	s3_encode("x/y+z", false, enc, sizeof(enc));
+	assert_string_equal(enc, "x%2Fy%2Bz");
+
+	const char *xml = "<R><UploadId>a&amp;b</UploadId><Code>X</Code></R>";
+	assert_non_null(s3_xml_tag(xml, "UploadId", text, sizeof(text)));
+	assert_string_equal(text, "a&b");
+	assert_null(s3_xml_tag(xml, "ETag", text, sizeof(text)));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -297,6 +343,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_put_fd, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_fetch_journal, setup, teardown),
+		cmocka_unit_test(test_s3_url),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
