@@ -3,6 +3,7 @@
  * implementation (file.c, s3.c); the calls go through its table.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +53,71 @@ int backend_put(struct backend *b, const char *key, const void *data, size_t len
 		struct backend_err *err)
 {
 	return b->ops->put(b, key, data, len, err);
+}
+
+/* ---- put_many on threads, for backends without their own ---- */
+
+struct many {
+	struct backend *b;
+	const struct put_item *items;
+	size_t n, next;
+	const struct put_calls *calls;
+	int first;
+	struct backend_err err;
+	pthread_mutex_t lock;         /* NEXT, FIRST, ERR, and the callbacks */
+};
+
+static void *many_worker(void *arg)
+{
+	struct many *m = arg;
+
+	for (;;) {
+		pthread_mutex_lock(&m->lock);
+		size_t i = m->next++;
+		bool stop = m->first || i >= m->n;
+		if (!stop && m->calls->start)
+			m->calls->start(m->calls->arg, i);
+		pthread_mutex_unlock(&m->lock);
+		if (stop)
+			break;
+		const struct put_item *it = &m->items[i];
+		struct backend_err e = { 0 };
+		int ret = m->b->ops->put_fd(m->b, it->key, it->fd, it->off, it->len, &e);
+		pthread_mutex_lock(&m->lock);
+		m->calls->done(m->calls->arg, i, ret, &e);
+		if (ret && !m->first) {
+			m->first = ret;
+			m->err = e;
+		}
+		pthread_mutex_unlock(&m->lock);
+	}
+	return NULL;
+}
+
+int backend_put_many(struct backend *b, const struct put_item *items, size_t n,
+		     unsigned parallel, const struct put_calls *calls, struct backend_err *err)
+{
+	if (!parallel)
+		parallel = 1;
+	if (b->ops->put_many)
+		return b->ops->put_many(b, items, n, parallel, calls, err);
+
+	struct many m = { .b = b, .items = items, .n = n, .calls = calls };
+	pthread_t t[16];
+	unsigned started = 0;
+
+	pthread_mutex_init(&m.lock, NULL);
+	for (unsigned i = 0; i < parallel && i < 16 && i < n; i++)
+		if (pthread_create(&t[started], NULL, many_worker, &m) == 0)
+			started++;
+	if (!started)
+		many_worker(&m);
+	for (unsigned i = 0; i < started; i++)
+		pthread_join(t[i], NULL);
+	pthread_mutex_destroy(&m.lock);
+	if (m.first && err)
+		*err = m.err;
+	return m.first;
 }
 
 int backend_put_fd(struct backend *b, const char *key, int fd, off_t off, size_t len,

@@ -58,6 +58,27 @@ int backend_put(struct backend *b, const char *key, const void *data, size_t len
 /* Like backend_put, reading LEN bytes at OFF of FD (pread) instead of memory. */
 int backend_put_fd(struct backend *b, const char *key, int fd, off_t off, size_t len,
 		   struct backend_err *err);
+/* One object of backend_put_many: LEN bytes at OFF of FD stored as KEY. */
+struct put_item {
+	const char *key;
+	int fd;
+	off_t off;
+	size_t len;
+};
+/* What backend_put_many calls back, with ARG, one call at a time. */
+struct put_calls {
+	void (*start)(void *arg, size_t i);       /* may be NULL; may wait (a bandwidth limit) */
+	void (*done)(void *arg, size_t i, int ret, const struct backend_err *err);
+	void *arg;
+};
+/*
+ * Puts the N ITEMS with up to PARALLEL transfers at a time (s3://: on one
+ * curl multi handle; other backends: threads).  START is called before an
+ * item begins, DONE when it ended (RET 0 or -errno with ERR).  After the
+ * first failure no item begins; returns 0 or that first error (ERR filled).
+ */
+int backend_put_many(struct backend *b, const struct put_item *items, size_t n,
+		     unsigned parallel, const struct put_calls *calls, struct backend_err *err);
 /* The whole object KEY into a malloc'd *DATA of *LEN bytes.  -ENOENT when absent. */
 int backend_get(struct backend *b, const char *key, void **data, size_t *len,
 		struct backend_err *err);

@@ -15,6 +15,9 @@ struct backend_ops {
 		      struct backend_err *err);
 	int (*put)(struct backend *b, const char *key, const void *data, size_t len,
 		   struct backend_err *err);
+	/* optional: backend_put_many runs put_fd on threads without it */
+	int (*put_many)(struct backend *b, const struct put_item *items, size_t n,
+			unsigned parallel, const struct put_calls *calls, struct backend_err *err);
 	ssize_t (*get_range)(struct backend *b, const char *key, uint64_t off, size_t len,
 			     void *buf, struct backend_err *err);
 	int (*get)(struct backend *b, const char *key, void **data, size_t *len,

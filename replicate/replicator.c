@@ -575,66 +575,66 @@ static int put_file(struct replicator *r, const char *key, struct backend_err *e
 	return ret;
 }
 
-struct pack_job {
+/* A batch of packs for backend_put_many, and what its callbacks update. */
+struct pack_batch {
 	struct replicator *r;
-	struct objlist *l;
-	size_t next;
-	int ret;
-	struct backend_err err;
-	pthread_mutex_t lock;
+	struct local_obj *objs;
 };
 
-static void *pack_worker(void *arg)
+static void pack_start(void *arg, size_t i)
 {
-	struct pack_job *j = arg;
-
-	for (;;) {
-		pthread_mutex_lock(&j->lock);
-		size_t i = j->next++;
-		bool stop = j->ret || i >= j->l->n;
-		pthread_mutex_unlock(&j->lock);
-		if (stop)
-			break;
-		struct backend_err err = { 0 };
-		int ret = put_file(j->r, j->l->v[i].key, &err);
-		pthread_mutex_lock(&j->r->lock);
-		j->r->queue_objects--;
-		j->r->queue_bytes -= j->l->v[i].size;
-		pthread_mutex_unlock(&j->r->lock);
-		if (ret) {
-			pthread_mutex_lock(&j->lock);
-			if (!j->ret) {
-				j->ret = ret;
-				j->err = err;
-			}
-			pthread_mutex_unlock(&j->lock);
-		}
-	}
-	return NULL;
+	struct pack_batch *pb = arg;
+	throttle(pb->r, pb->objs[i].size);
 }
 
-/* Ships the packs of L on cfg.transfers threads.  0 or the first error. */
+static void pack_done(void *arg, size_t i, int ret, const struct backend_err *err)
+{
+	struct pack_batch *pb = arg;
+	struct replicator *r = pb->r;
+
+	(void)err;
+	if (!ret)
+		mark_shipped(r, pb->objs[i].key);
+	pthread_mutex_lock(&r->lock);
+	r->queue_objects--;
+	r->queue_bytes -= pb->objs[i].size;
+	pthread_mutex_unlock(&r->lock);
+}
+
+#define PACK_BATCH 64   /* packs open at a time */
+
+/* Ships the packs of L, cfg.transfers (default 4) at a time.  0 or the first error. */
 static int ship_packs(struct replicator *r, struct objlist *l, struct backend_err *err)
 {
-	struct pack_job j = { .r = r, .l = l };
 	unsigned n = r->cfg.transfers ? r->cfg.transfers : 4;
-	pthread_t t[16];
-	unsigned started = 0;
+	struct put_item items[PACK_BATCH];
+	int ret = 0;
 
-	if (n > 16)
-		n = 16;
-	pthread_mutex_init(&j.lock, NULL);
-	for (unsigned i = 0; i < n && i < l->n; i++)
-		if (pthread_create(&t[started], NULL, pack_worker, &j) == 0)
-			started++;
-	if (!started)
-		pack_worker(&j);
-	for (unsigned i = 0; i < started; i++)
-		pthread_join(t[i], NULL);
-	pthread_mutex_destroy(&j.lock);
-	if (j.ret)
-		*err = j.err;
-	return j.ret;
+	for (size_t at = 0; at < l->n && !ret; at += PACK_BATCH) {
+		size_t cnt = l->n - at < PACK_BATCH ? l->n - at : PACK_BATCH, opened = 0;
+		struct pack_batch pb = { .r = r, .objs = l->v + at };
+		struct put_calls calls = { .start = pack_start, .done = pack_done, .arg = &pb };
+		for (; opened < cnt; opened++) {
+			char path[PATH_MAX];
+			int fd = snprintf(path, sizeof(path), "%s/%s", r->cfg.repo_dir,
+					  pb.objs[opened].key) < (int)sizeof(path)
+					 ? open(path, O_RDONLY | O_CLOEXEC)
+					 : (errno = ENAMETOOLONG, -1);
+			if (fd < 0) {
+				ret = -errno;
+				backend_err_set(err, false, 0, NULL, "cannot read %s: %s", path,
+						strerror(errno));
+				break;
+			}
+			items[opened] = (struct put_item){ .key = pb.objs[opened].key, .fd = fd,
+							   .len = (size_t)pb.objs[opened].size };
+		}
+		if (!ret)
+			ret = backend_put_many(r->be, items, cnt, n, &calls, err);
+		for (size_t i = 0; i < opened; i++)
+			close(items[i].fd);
+	}
+	return ret;
 }
 
 /* Writes head naming the newest shipped snapshot.  0 or -errno. */

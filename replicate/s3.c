@@ -8,11 +8,11 @@
  * percent-encoded before signing, and so are object keys: the canonical
  * request is built from the URL as sent.  Objects over the multipart
  * threshold go up in parts (each part checked the same way), and an upload
- * that fails part-way is aborted.  Calls are blocking and
- * thread-safe; the replicator runs several at once, and connections are
- * shared among them (a curl share handle).  Nothing is retried here: the
- * replicator above retries with backoff, and err->retry says whether that
- * may help.
+ * that fails part-way is aborted.  Calls are blocking and thread-safe;
+ * connections are shared among them (a curl share handle).  put_many runs
+ * several PUTs at once on one curl multi handle.  Nothing is retried here:
+ * the replicator above retries with backoff, and err->retry says whether
+ * that may help.
  */
 #include <ctype.h>
 #include <curl/curl.h>
@@ -402,48 +402,62 @@ static const char *advice(long http, const char *code)
 	return "";
 }
 
+/* A request being made: its handle, headers, and where the answer goes. */
+struct req {
+	CURL *c;
+	struct curl_slist *h;
+	const char *method;
+	struct body *body, empty;
+	struct reply *reply;
+	char url[4096];
+	size_t item;                  /* put_many: the item it carries */
+};
+
 /*
- * One request.  METHOD on KEY (NULL: the bucket) with QUERY; BODY (may be
- * NULL) sent, the answer into REPLY.  RANGE "a-b" or NULL.  Returns the
- * HTTP status (2xx..5xx), or -errno for a transport failure (ERR filled).
+ * Prepares METHOD on KEY (NULL: the bucket) with QUERY; BODY (may be NULL)
+ * to send, the answer into REPLY; RANGE "a-b" or NULL.  0 or -ENOMEM.
  */
-static long request(struct backend *b, const char *method, const char *key, const char *query,
-		    struct body *body, struct reply *reply, const char *range, uint64_t *length,
-		    struct backend_err *err)
+static int req_init(struct backend *b, struct req *q, const char *method, const char *key,
+		    const char *query, struct body *body, struct reply *reply, const char *range)
 {
 	struct s3 *s = s3(b);
-	char url[4096], hdr_sha[128], hdr_range[96], hdr_token[2100], hash[65];
-	struct curl_slist *h = NULL;
-	struct body empty = { .mem = (const unsigned char *)"", .fd = -1 };
-	CURL *c = curl_easy_init();
-	long http = 0;
+	char hdr[2200], hash[65];
 
-	if (!c)
+	memset(q, 0, offsetof(struct req, url));
+	q->empty = (struct body){ .mem = (const unsigned char *)"", .fd = -1 };
+	q->method = method;
+	q->reply = reply;
+	q->body = !body && !strcmp(method, "POST") ? &q->empty : body;
+	body = q->body;
+	if (!(q->c = curl_easy_init()))
 		return -ENOMEM;
-	if (!body && !strcmp(method, "POST"))
-		body = &empty;
-	object_url(s, key, query, url, sizeof(url));
+	object_url(s, key, query, q->url, sizeof(q->url));
 	if (body)
 		sha256_hex(body->mem, body->len, body->mem ? -1 : body->fd, body->off, hash);
 	else
 		sha256_hex("", 0, -1, 0, hash);
-	snprintf(hdr_sha, sizeof(hdr_sha), "x-amz-content-sha256: %s", hash);
-	h = curl_slist_append(h, hdr_sha);
+	snprintf(hdr, sizeof(hdr), "x-amz-content-sha256: %s", hash);
+	q->h = curl_slist_append(q->h, hdr);
 	if (s->token) {
-		snprintf(hdr_token, sizeof(hdr_token), "x-amz-security-token: %s", s->token);
-		h = curl_slist_append(h, hdr_token);
+		snprintf(hdr, sizeof(hdr), "x-amz-security-token: %s", s->token);
+		q->h = curl_slist_append(q->h, hdr);
 	}
 	if (range) {
-		snprintf(hdr_range, sizeof(hdr_range), "Range: bytes=%s", range);
-		h = curl_slist_append(h, hdr_range);
+		snprintf(hdr, sizeof(hdr), "Range: bytes=%s", range);
+		q->h = curl_slist_append(q->h, hdr);
 	}
-	curl_easy_setopt(c, CURLOPT_URL, url);
+	/* POST: not a form, no Content-Type of curl's choosing */
+	if (!strcmp(method, "POST"))
+		q->h = curl_slist_append(q->h, "Content-Type: application/xml");
+	CURL *c = q->c;
+	curl_easy_setopt(c, CURLOPT_URL, q->url);
+	curl_easy_setopt(c, CURLOPT_PRIVATE, q);
 	curl_easy_setopt(c, CURLOPT_SHARE, s->share);
 	curl_easy_setopt(c, CURLOPT_AWS_SIGV4, s->sigv4);
 	/* set apart: an access key may hold ':' */
 	curl_easy_setopt(c, CURLOPT_USERNAME, s->key_id);
 	curl_easy_setopt(c, CURLOPT_PASSWORD, s->secret);
-	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, q->h);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
 	if (getenv("DRFS_S3_TRACE"))
 		curl_easy_setopt(c, CURLOPT_VERBOSE, 1L);
@@ -455,9 +469,6 @@ static long request(struct backend *b, const char *method, const char *key, cons
 	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, header_cb);
 	curl_easy_setopt(c, CURLOPT_HEADERDATA, reply);
 	if (!strcmp(method, "POST")) {
-		/* not a form: no Content-Type of curl's choosing */
-		h = curl_slist_append(h, "Content-Type: application/xml");
-		curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
 		curl_easy_setopt(c, CURLOPT_POST, 1L);
 		curl_easy_setopt(c, CURLOPT_READFUNCTION, read_cb);
 		curl_easy_setopt(c, CURLOPT_READDATA, body);
@@ -473,30 +484,59 @@ static long request(struct backend *b, const char *method, const char *key, cons
 		curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
 	}
 	atomic_fetch_add(&b->requests, 1);
-	CURLcode rc = curl_easy_perform(c);
+	return 0;
+}
+
+/*
+ * The end of request Q, which curl finished with RC: the HTTP status
+ * (2xx..5xx), or -errno for a transport failure (ERR filled).  *LENGTH (may
+ * be NULL) gets the Content-Length.  Frees Q's handle and headers.
+ */
+static long req_finish(struct req *q, CURLcode rc, uint64_t *length, struct backend_err *err)
+{
+	long http = 0;
+
 	if (rc == CURLE_OK) {
-		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &http);
+		curl_easy_getinfo(q->c, CURLINFO_RESPONSE_CODE, &http);
 		curl_off_t cl = -1;
-		curl_easy_getinfo(c, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+		curl_easy_getinfo(q->c, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
 		if (length)
 			*length = cl >= 0 ? (uint64_t)cl : 0;
 		/* a body cut short is a transport failure, whatever the status said */
-		if (http / 100 == 2 && strcmp(method, "HEAD") && cl >= 0 && !reply->fixed &&
-		    (uint64_t)cl != reply->len) {
+		if (http / 100 == 2 && strcmp(q->method, "HEAD") && cl >= 0 && !q->reply->fixed &&
+		    (uint64_t)cl != q->reply->len) {
 			backend_err_set(err, true, (int)http, NULL,
 					"%s %s: the answer was cut short (%zu of %lld bytes); drfs retries",
-					method, url, reply->len, (long long)cl);
+					q->method, q->url, q->reply->len, (long long)cl);
 			http = -EIO;
 		}
 	} else {
 		bool conn = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST;
-		backend_err_set(err, true, 0, NULL, "%s %s: %s%s", method, url, curl_easy_strerror(rc),
+		backend_err_set(err, true, 0, NULL, "%s %s: %s%s", q->method, q->url,
+				curl_easy_strerror(rc),
 				conn ? "; is the endpoint up and the URL right?" : "; drfs retries");
 		http = rc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT : -EIO;
 	}
-	curl_slist_free_all(h);
-	curl_easy_cleanup(c);
+	curl_slist_free_all(q->h);
+	curl_easy_cleanup(q->c);
+	q->h = NULL;
+	q->c = NULL;
 	return http;
+}
+
+/*
+ * One blocking request (see req_init).  Returns the HTTP status (2xx..5xx),
+ * or -errno for a transport failure (ERR filled).
+ */
+static long request(struct backend *b, const char *method, const char *key, const char *query,
+		    struct body *body, struct reply *reply, const char *range, uint64_t *length,
+		    struct backend_err *err)
+{
+	struct req q;
+
+	if (req_init(b, &q, method, key, query, body, reply, range))
+		return -ENOMEM;
+	return req_finish(&q, curl_easy_perform(q.c), length, err);
 }
 
 /* Turns a non-2xx status into -errno with ERR filled from the reply. */
@@ -662,6 +702,97 @@ static int s3_put_fd(struct backend *b, const char *key, int fd, off_t off, size
 	return s3_put_body(b, key, &body, err);
 }
 
+/*
+ * put_many on one curl multi handle: up to PARALLEL PUTs in flight, the
+ * next begun as one ends.  Objects over the multipart threshold go up in
+ * parts, each on its own, between the others.
+ */
+static int s3_put_many(struct backend *b, const struct put_item *items, size_t n,
+		       unsigned parallel, const struct put_calls *calls, struct backend_err *err)
+{
+	CURLM *m = curl_multi_init();
+	struct req *q = calloc(parallel, sizeof(*q));
+	struct body *bodies = calloc(parallel, sizeof(*bodies));
+	struct reply *replies = calloc(parallel, sizeof(*replies));
+	size_t next = 0, running = 0;
+	int first = 0;
+
+	if (!m || !q || !bodies || !replies) {
+		free(q);
+		free(bodies);
+		free(replies);
+		if (m)
+			curl_multi_cleanup(m);
+		return -ENOMEM;
+	}
+	for (;;) {
+		/* fill the free slots while nothing failed */
+		while (!first && next < n && running < parallel) {
+			size_t i = next++;
+			unsigned sl = 0;
+			if (calls->start)
+				calls->start(calls->arg, i);
+			if (items[i].len > s3(b)->multipart_threshold) {
+				struct backend_err e = { 0 };
+				int ret = s3_put_fd(b, items[i].key, items[i].fd, items[i].off, items[i].len, &e);
+				calls->done(calls->arg, i, ret, &e);
+				if (ret && !first) {
+					first = ret;
+					if (err)
+						*err = e;
+				}
+				continue;
+			}
+			while (q[sl].c)
+				sl++;
+			bodies[sl] = (struct body){ .fd = items[i].fd, .off = items[i].off, .len = items[i].len };
+			replies[sl] = (struct reply){ 0 };
+			if (req_init(b, &q[sl], "PUT", items[i].key, NULL, &bodies[sl], &replies[sl], NULL)) {
+				first = -ENOMEM;
+				break;
+			}
+			q[sl].item = i;
+			curl_multi_add_handle(m, q[sl].c);
+			running++;
+		}
+		if (!running)
+			break;
+		int still;
+		curl_multi_perform(m, &still);
+		CURLMsg *msg;
+		int left;
+		while ((msg = curl_multi_info_read(m, &left))) {
+			if (msg->msg != CURLMSG_DONE)
+				continue;
+			struct req *done;
+			curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&done);
+			CURLcode rc = msg->data.result;
+			struct backend_err e = { 0 };
+			size_t i = done->item;
+			curl_multi_remove_handle(m, done->c);
+			long http = req_finish(done, rc, NULL, &e);
+			int ret = http / 100 == 2 ? 0 : status_err(b, "PUT", items[i].key, http, done->reply, &e);
+			free(done->reply->buf);
+			if (!ret)
+				atomic_fetch_add(&b->put_bytes, items[i].len);
+			running--;
+			calls->done(calls->arg, i, ret, &e);
+			if (ret && !first) {
+				first = ret;
+				if (err)
+					*err = e;
+			}
+		}
+		if (running)
+			curl_multi_poll(m, NULL, 0, 1000, NULL);
+	}
+	curl_multi_cleanup(m);
+	free(q);
+	free(bodies);
+	free(replies);
+	return first;
+}
+
 static ssize_t s3_get_range(struct backend *b, const char *key, uint64_t off, size_t len,
 			    void *buf, struct backend_err *err)
 {
@@ -809,6 +940,7 @@ static void s3_close(struct backend *b)
 
 static const struct backend_ops s3_ops = {
 	.put_fd = s3_put_fd,
+	.put_many = s3_put_many,
 	.put = s3_put,
 	.get_range = s3_get_range,
 	.get = s3_get,

@@ -293,6 +293,65 @@ static void test_fetch_journal(void **state)
 	assert_int_equal(count_records(dir, ends[12], &rend), 29 - 12);
 }
 
+struct many_seen {
+	int started[32], done[32], ret[32];
+};
+
+static void many_start(void *arg, size_t i)
+{
+	((struct many_seen *)arg)->started[i]++;
+}
+
+static void many_done(void *arg, size_t i, int ret, const struct backend_err *err)
+{
+	struct many_seen *m = arg;
+	(void)err;
+	m->done[i]++;
+	m->ret[i] = ret;
+}
+
+/* put_many: every item once, at most PARALLEL at a time; a failure stops the rest */
+static void test_put_many(void **state)
+{
+	struct fix *f = *state;
+	struct backend_err err = { 0 };
+	struct put_item items[20];
+	struct many_seen seen = { 0 };
+	struct put_calls calls = { .start = many_start, .done = many_done, .arg = &seen };
+	char path[128], keys[20][32];
+	void *data;
+	size_t len;
+
+	snprintf(path, sizeof(path), "%s/source", f->root);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	for (int i = 0; i < 20; i++) {
+		char c = (char)('a' + i);
+		assert_int_equal(pwrite(fd, &c, 1, i), 1);
+		snprintf(keys[i], sizeof(keys[i]), "packs/%02d.pack", i);
+		items[i] = (struct put_item){ .key = keys[i], .fd = fd, .off = i, .len = 1 };
+	}
+	assert_int_equal(backend_put_many(f->b, items, 20, 4, &calls, &err), 0);
+	for (int i = 0; i < 20; i++) {
+		assert_int_equal(seen.started[i], 1);
+		assert_int_equal(seen.done[i], 1);
+		assert_int_equal(seen.ret[i], 0);
+		assert_int_equal(backend_get(f->b, keys[i], &data, &len, &err), 0);
+		assert_int_equal(len, 1);
+		assert_int_equal(((char *)data)[0], 'a' + i);
+		free(data);
+	}
+	/* item 3 reads past the end of its source: it fails, later ones do not begin */
+	memset(&seen, 0, sizeof(seen));
+	items[3].len = 100;
+	assert_int_not_equal(backend_put_many(f->b, items, 20, 1, &calls, &err), 0);
+	assert_int_equal(seen.done[3], 1);
+	assert_int_not_equal(seen.ret[3], 0);
+	assert_int_equal(seen.started[4], 0);
+	assert_true(err.msg[0]);
+	close(fd);
+}
+
 static void test_s3_url(void **state)
 {
 	struct backend_err err = { 0 };
@@ -343,6 +402,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_put_fd, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_fetch_journal, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_put_many, setup, teardown),
 		cmocka_unit_test(test_s3_url),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
