@@ -12,11 +12,16 @@
 #  2. The mount's own speed with replication on against off: a sequential
 #     write and a 4 KiB random write with fsync after each, alternating the
 #     two mounts REPS times, medians and the ratio on/off.
-#
+#  3. Initial replication of a repository of INIT_MB (default 2048) MiB of
+#     random data (64 MiB files; a first snapshot by `drfs init`): the time
+#     from mount until the replica holds the snapshot, as MB/s, and the
+#     requests per GiB; beside it, the same repository files copied by a
+#     plain tool (s3://: rclone copy with 4 transfers, as an operator would
+#     script it; file://: cp and sync).
 #
 #   bench/replica.sh [--quick] [--url URL | --s3]
 #   env: BENCH_DIR (default /var/tmp/drfs-bench-replica), RATE (20m),
-#        DURATION (60), REPS (3)
+#        DURATION (60), REPS (3), INIT_MB (2048)
 # --url replicates to URL instead of a file:// directory under BENCH_DIR
 # (e.g. an s3:// URL; credentials from the environment); --s3 starts the
 # test harness's S3 server (OpenStack Swift on 127.0.0.1) and uses it.
@@ -27,11 +32,12 @@ dir=${BENCH_DIR:-/var/tmp/drfs-bench-replica}
 rate=${RATE:-20m}
 duration=${DURATION:-60}
 reps=${REPS:-3}
+init_mb=${INIT_MB:-2048}
 url=""
 s3=0
 while [ $# -gt 0 ]; do
 	case $1 in
-	--quick) duration=20; reps=1 ;;
+	--quick) duration=20; reps=1; init_mb=256 ;;
 	--url) url=$2; shift ;;
 	--s3) s3=1 ;;
 	*) echo "usage: bench/replica.sh [--quick] [--url URL | --s3]" >&2; exit 2 ;;
@@ -39,6 +45,10 @@ while [ $# -gt 0 ]; do
 	shift
 done
 command -v fio >/dev/null || { echo "bench: fio is missing (make deps installs it)" >&2; exit 1; }
+if [ $s3 = 1 ] || [ "${url#s3://}" != "$url" ]; then
+	command -v rclone >/dev/null || apt-get install -y -qq rclone >/dev/null ||
+		{ echo "bench: rclone (the baseline of the initial replication) is missing and could not be installed" >&2; exit 1; }
+fi
 [ -x "$drfs" ] || { echo "bench: build drfs first (make)" >&2; exit 1; }
 
 mounts=()
@@ -128,3 +138,60 @@ for job in seq randsync; do
 	printf '%-9s replication on %8s %s   off %8s %s   ratio on/off %.2f\n' "$job" "$mon" "$unit" \
 		"$moff" "$unit" "$(echo "$mon $moff" | awk '{print $1/$2}')"
 done
+"$drfs" umount "$dir/mon"
+"$drfs" umount "$dir/moff"
+rm -rf "$dir/on" "$dir/off"
+
+# ---- 3. initial replication of a repository ----
+mkdir -p "$dir/init"
+for i in $(seq 1 $((init_mb / 64))); do head -c 64M /dev/urandom >"$dir/init/r$i"; done
+"$drfs" init "$dir/init" >/dev/null
+repo=$dir/init/.drfs/repo
+repo_bytes=$(du -sb "$repo" | cut -f1)
+case $url in
+s3://*) init_url=${url/\/bench\?//bench-init?} ;;
+*) mkdir -p "$dir/replica-init"; init_url="file://$dir/replica-init" ;;
+esac
+sync
+echo 3 >/proc/sys/vm/drop_caches 2>/dev/null
+mkdir -p "$dir/minit"
+t0=$(date +%s.%N)
+"$drfs" mount "$dir/init" "$dir/minit" -o "replica=$init_url,nosnapshot,snapshot_interval=0"
+mounts+=("$dir/minit")
+want=$("$drfs" snapshots "$dir/init" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1]["id"])')
+while :; do
+	st=$("$drfs" status "$dir/init" --json)
+	echo "$st" | python3 -c 'import json,sys; r=json.load(sys.stdin)["replica"]; sys.exit(0 if r["head_snapshot"] == sys.argv[1] and r["queue_objects"] == 0 else 1)' "$want" && break
+	sleep 0.2
+done
+t1=$(date +%s.%N)
+"$drfs" umount "$dir/minit"
+# the baseline: the same files by a plain tool
+sync
+echo 3 >/proc/sys/vm/drop_caches 2>/dev/null
+b0=$(date +%s.%N)
+case $url in
+s3://*)
+	# AWS_CA_BUNDLE makes rclone 1.60 refuse its own HTTP transport; nothing here is TLS
+	env -u AWS_CA_BUNDLE rclone copy "$repo" ":s3:$S3_BUCKET/bench-rclone" --s3-provider Other \
+		--s3-endpoint "$S3_ENDPOINT" --s3-region "$S3_REGION" --s3-force-path-style \
+		--s3-access-key-id "$AWS_ACCESS_KEY_ID" --s3-secret-access-key "$AWS_SECRET_ACCESS_KEY" \
+		--transfers 4 2>"$dir/rclone.log" || echo "bench: rclone failed: $(tail -2 "$dir/rclone.log")" >&2
+	baseline="rclone copy, 4 transfers" ;;
+*)
+	cp -r "$repo" "$dir/copy" && sync -f "$dir/copy"
+	baseline="cp -r and sync" ;;
+esac
+b1=$(date +%s.%N)
+python3 - "$st" "$repo_bytes" "$t0" "$t1" "$b0" "$b1" "$init_url" "$baseline" <<'EOF'
+import json, sys
+r = json.loads(sys.argv[1])["replica"]
+size = int(sys.argv[2])
+t = float(sys.argv[4]) - float(sys.argv[3])
+b = float(sys.argv[6]) - float(sys.argv[5])
+gib = r["put_bytes"] / 2**30
+print("initial replication of a %.0f MiB repository to %s" % (size / 2**20, sys.argv[7]))
+print("  drfs: %.1f s, %.0f MB/s, %d requests for %.2f GiB: %.1f requests per GiB"
+      % (t, size / t / 1e6, r["requests"], gib, r["requests"] / gib if gib else 0))
+print("  %s: %.1f s, %.0f MB/s;  drfs/baseline throughput %.2f" % (sys.argv[8], b, size / b / 1e6, b / t))
+EOF
