@@ -815,10 +815,12 @@ static void write_stats(struct journal *j)
 		     "head=%" PRIu64 "\nwritten=%" PRIu64 "\ndurable=%" PRIu64
 		     "\ncheckpoint=%" PRIu64 "\nsegments=%" PRIu64 "\nsegment_bytes=%" PRIu64
 		     "\nflushes=%" PRIu64 "\nrecords=%" PRIu64 "\nerror=%s\nyielded=%" PRIu64
-		     "\nyielded_at=%" PRIu64 "\nyielded_to=%" PRIu64 "\nyielded_holds=%s\nyield_reason=%s\n",
+		     "\nyielded_at=%" PRIu64 "\nyielded_to=%" PRIu64 "\nyielded_holds=%s\nyield_reason=%s\n"
+		     "max_bytes=%" PRIu64 "\nmin_free=%" PRIu64 "\n",
 		     st.head_lsn, st.written_lsn, st.durable_lsn, st.checkpoint_lsn, st.segments,
 		     st.segment_bytes, st.flushes, st.records, st.error ? strerror(-st.error) : "none",
-		     st.yielded, st.yielded_at, st.yielded_to, st.yielded_holds, st.yield_reason);
+		     st.yielded, st.yielded_at, st.yielded_to, st.yielded_holds, st.yield_reason,
+		     st.max_bytes, st.min_free);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", j->cfg.stats_path);
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
@@ -916,6 +918,8 @@ void journal_get_stats(struct journal *j, struct journal_stats *st)
 	st->flushes = j->flushes;
 	st->records = j->records;
 	st->error = j->error;
+	st->max_bytes = j->cfg.max_bytes;
+	st->min_free = j->cfg.min_free;
 	st->yielded = j->yielded;
 	st->yielded_at = j->yielded_at;
 	st->yielded_to = j->yielded_to;

@@ -151,6 +151,7 @@ struct journal_stats {
 	uint64_t segments, segment_bytes; /* segment files in use (spares excluded) and their size */
 	uint64_t flushes, records;
 	int error;                    /* 0, or the -errno that stopped the journal */
+	uint64_t max_bytes, min_free; /* the limits soft holds give way at (0: none) */
 	uint64_t yielded;             /* segments recycled although a soft hold wanted them */
 	uint64_t yielded_at;          /* when the last of them went (seconds since the epoch) */
 	uint64_t yielded_to;          /* the journal's first LSN after it */

@@ -231,11 +231,13 @@ int cmd_status(int argc, char **argv)
 		if (!jret)
 			printf(",\"journal\":{\"head_lsn\":%llu,\"durable_lsn\":%llu,"
 			       "\"checkpoint_lsn\":%llu,\"segments\":%llu,\"segment_bytes\":%llu,"
-			       "\"error\":%s,\"yielded_segments\":%llu,\"yielded_at\":%llu,"
+			       "\"error\":%s,\"max_bytes\":%llu,\"min_free\":%llu,"
+			       "\"yielded_segments\":%llu,\"yielded_at\":%llu,"
 			       "\"yielded_holds\":\"%s\",\"yield_reason\":",
 			       (unsigned long long)js.head_lsn, (unsigned long long)js.durable_lsn,
 			       (unsigned long long)js.checkpoint_lsn, (unsigned long long)js.segments,
 			       (unsigned long long)js.segment_bytes, js.error ? "true" : "false",
+			       (unsigned long long)js.max_bytes, (unsigned long long)js.min_free,
 			       (unsigned long long)js.yielded, (unsigned long long)js.yielded_at,
 			       js.yielded_holds);
 		if (!jret) {
@@ -294,13 +296,18 @@ int cmd_status(int argc, char **argv)
 			printf("journal:     none yet (made at the first mount)\n");
 		else if (jret)
 			printf("journal:     unreadable: %s\n", strerror(-jret));
-		else
+		else {
+			char cap[64] = "";
+			if (js.max_bytes)
+				snprintf(cap, sizeof(cap), " of %.0f MiB kept at most (journal_max)",
+					 js.max_bytes / 1048576.0);
 			printf("journal:     head LSN %llu, durable %llu (%llu bytes behind), checkpoint %llu; "
-			       "%llu segments, %.1f MiB%s\n",
+			       "%llu segments, %.1f MiB%s%s\n",
 			       (unsigned long long)js.head_lsn, (unsigned long long)js.durable_lsn,
 			       (unsigned long long)(js.head_lsn - js.durable_lsn),
 			       (unsigned long long)js.checkpoint_lsn, (unsigned long long)js.segments,
-			       js.segment_bytes / 1048576.0, js.error ? "; FAILED, see the log" : "");
+			       js.segment_bytes / 1048576.0, cap, js.error ? "; FAILED, see the log" : "");
+		}
 		if (!jret && js.yielded) {
 			char when[32];
 			utc_time((int64_t)js.yielded_at, when, sizeof(when));

@@ -50,6 +50,7 @@ for i in $(seq 1 10); do head -c 4000000 /dev/urandom >"$MA/f$i"; sync -f "$MA";
 check "past journal_max the retention hold gives way" yielded "$A"
 check_eq "status names the hold" "snapshot" "$(jstat "$A" yielded_holds)"
 check "and the cap" grep -q "journal_max" <(jstat "$A" yield_reason)
+check_eq "status gives the cap" $((12 << 20)) "$(jstat "$A" max_bytes)"
 check "the human status warns" grep -q "WARNING: .* segments the snapshot hold kept were recycled" \
 	<("$DRFS" status "$A")
 check "the log says what was given up" grep -q "recycling segments that the snapshot hold kept" \
