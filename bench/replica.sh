@@ -150,6 +150,7 @@ repo=$dir/init/.drfs/repo
 repo_bytes=$(du -sb "$repo" | cut -f1)
 case $url in
 s3://*) init_url=${url/\/bench\?//bench-init?} ;;
+file://*) mkdir -p "${url#file://}/initial"; init_url="$url/initial" ;;
 *) mkdir -p "$dir/replica-init"; init_url="file://$dir/replica-init" ;;
 esac
 sync
