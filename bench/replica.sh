@@ -21,7 +21,7 @@
 #
 #   bench/replica.sh [--quick] [--url URL | --s3]
 #   env: BENCH_DIR (default /var/tmp/drfs-bench-replica), RATE (20m),
-#        DURATION (60), REPS (3), INIT_MB (2048)
+#        DURATION (60), REPS (3), INIT_MB (2048), S3_DIR (BENCH_DIR/s3)
 # --url replicates to URL instead of a file:// directory under BENCH_DIR
 # (e.g. an s3:// URL; credentials from the environment); --s3 starts the
 # test harness's S3 server (OpenStack Swift on 127.0.0.1) and uses it.
@@ -33,6 +33,7 @@ rate=${RATE:-20m}
 duration=${DURATION:-60}
 reps=${REPS:-3}
 init_mb=${INIT_MB:-2048}
+s3dir=${S3_DIR:-$dir/s3}   # --s3: the server's files (a tmpfs puts its disk writes elsewhere)
 url=""
 s3=0
 while [ $# -gt 0 ]; do
@@ -56,13 +57,13 @@ cleanup() {
 	for m in "${mounts[@]}"; do
 		mountpoint -q "$m" && "$drfs" umount "$m" >/dev/null 2>&1
 	done
-	[ $s3 = 1 ] && S3_PORT_BASE=18580 "$top/tests/helpers/s3server.sh" stop "$dir/s3"
+	[ $s3 = 1 ] && S3_PORT_BASE=18580 "$top/tests/helpers/s3server.sh" stop "$s3dir"
 }
 trap cleanup EXIT
 rm -rf "$dir"
 mkdir -p "$dir"
 if [ $s3 = 1 ]; then
-	env_lines=$(S3_PORT_BASE=18580 "$top/tests/helpers/s3server.sh" start "$dir/s3") ||
+	env_lines=$(S3_PORT_BASE=18580 "$top/tests/helpers/s3server.sh" start "$s3dir") ||
 		{ echo "bench: the S3 server did not start" >&2; exit 1; }
 	eval "$env_lines"
 	export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
