@@ -113,7 +113,8 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 		fs->recovery = rr;
 		/* the next snapshot is built from the journal since the latest one */
 		if (cfg->journal_hold_lsn != UINT64_MAX) {
-			fs->snapshot_hold = journal_hold_soft(fs->journal, "snapshot", cfg->journal_hold_lsn);
+			fs->snapshot_hold = journal_hold_soft(fs->journal, "snapshot", cfg->journal_hold_lsn,
+							      JHOLD_YIELD_CAP | JHOLD_YIELD_FULL);
 			if (fs->snapshot_hold < 0)
 				log_warn("cannot hold the journal for the next snapshot; it will scan the tree");
 		}
@@ -344,7 +345,8 @@ void fs_journal_keep_from(struct drfs_fs *fs, uint64_t lsn)
 	if (!fs->journal)
 		return;
 	if (fs->snapshot_hold < 0)
-		fs->snapshot_hold = journal_hold_soft(fs->journal, "snapshot", lsn);
+		fs->snapshot_hold = journal_hold_soft(fs->journal, "snapshot", lsn,
+						      JHOLD_YIELD_CAP | JHOLD_YIELD_FULL);
 	else
 		journal_release(fs->journal, fs->snapshot_hold, lsn);
 }

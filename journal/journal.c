@@ -46,7 +46,8 @@ struct qrec {
 };
 
 struct hold {
-	bool used, soft;
+	bool used;
+	unsigned yields;           /* JHOLD_YIELD_*: the pressures it gives way to; 0: never */
 	char name[32];
 	uint64_t lsn;
 };
@@ -664,40 +665,42 @@ int journal_checkpoint(struct journal *j)
 }
 
 /*
- * Caller holds j->lock.  Whether the soft holds must give way now: the
- * segments in use pass cfg.max_bytes, or the journal's filesystem has less
- * than cfg.min_free bytes free.  WHY (j->yield_reason) says which.
+ * Caller holds j->lock.  The pressures on the journal now (JHOLD_YIELD_*):
+ * the segments in use pass cfg.max_bytes (CAP), the journal's filesystem
+ * has less than cfg.min_free bytes free (FULL).  j->yield_reason says why.
  */
-static bool under_pressure(struct journal *j)
+static unsigned pressure(struct journal *j)
 {
 	struct statvfs sv;
+	unsigned p = 0;
 
 	if (j->cfg.max_bytes && j->nseg * j->seg_size > j->cfg.max_bytes) {
 		snprintf(j->yield_reason, sizeof(j->yield_reason),
 			 "the journal passed its cap of %" PRIu64 " MiB (journal_max)",
 			 j->cfg.max_bytes >> 20);
-		return true;
+		p |= JHOLD_YIELD_CAP;
 	}
 	if (j->cfg.min_free && fstatvfs(j->dirfd, &sv) == 0 &&
 	    (uint64_t)sv.f_bavail * sv.f_frsize < j->cfg.min_free) {
 		snprintf(j->yield_reason, sizeof(j->yield_reason),
 			 "its disk has %" PRIu64 " MiB free, under journal_min_free (%" PRIu64 " MiB)",
 			 ((uint64_t)sv.f_bavail * sv.f_frsize) >> 20, j->cfg.min_free >> 20);
-		return true;
+		p |= JHOLD_YIELD_FULL;
 	}
-	return false;
+	return p;
 }
 
 /*
- * Caller holds j->lock.  Segment 0 is going although the soft holds named
- * in NAMES wanted it: they move past it, and the stats say so.
+ * Caller holds j->lock.  Segment 0 is going although the holds named in
+ * NAMES, which give way to the pressures P, wanted it: they move past it,
+ * and the stats say so.
  */
-static void note_yield(struct journal *j, const char *names)
+static void note_yield(struct journal *j, unsigned p, const char *names)
 {
 	uint64_t to = j->segs[0].first_lsn;
 
 	for (int i = 0; i < NHOLDS; i++)
-		if (j->holds[i].used && j->holds[i].soft && j->holds[i].lsn < to)
+		if (j->holds[i].used && (j->holds[i].yields & p) && j->holds[i].lsn < to)
 			j->holds[i].lsn = to;
 	j->yielded++;
 	j->yielded_at = now_ns(CLOCK_REALTIME) / 1000000000ull;
@@ -714,45 +717,49 @@ static void note_yield(struct journal *j, const char *names)
 
 /*
  * Recycles segments that every reader is done with: below the checkpoint and
- * every hold, and below the soft holds only under pressure.  Under pressure
- * a segment is unlinked, not kept as a spare.
+ * every hold, except holds that give way to a pressure there is now.  A
+ * segment recycled that way is unlinked, not kept as a spare.
  */
 static void recycle(struct journal *j)
 {
 	for (;;) {
-		uint64_t limit, hard;
+		uint64_t limit, wanted;
 		char name[40], spare[40], names[64] = "";
-		bool keep, forced = false;
+		bool keep, forced;
+		unsigned p;
 
 		pthread_mutex_lock(&j->lock);
-		hard = j->checkpoint;
-		for (int i = 0; i < NHOLDS; i++)
-			if (j->holds[i].used && !j->holds[i].soft && j->holds[i].lsn < hard)
-				hard = j->holds[i].lsn;
-		limit = hard;
-		for (int i = 0; i < NHOLDS; i++)
-			if (j->holds[i].used && j->holds[i].soft && j->holds[i].lsn < limit)
-				limit = j->holds[i].lsn;
-		if (j->nseg >= 2 && j->segs[1].first_lsn > limit &&
-		    j->segs[1].first_lsn <= hard && under_pressure(j)) {
-			for (int i = 0; i < NHOLDS; i++)
-				if (j->holds[i].used && j->holds[i].soft &&
-				    j->holds[i].lsn < j->segs[1].first_lsn &&
-				    strlen(names) + strlen(j->holds[i].name) + 2 < sizeof(names))
-					snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
-						 *names ? "," : "", j->holds[i].name);
-			forced = true;
-		}
-		if (j->nseg < 2 || (j->segs[1].first_lsn > limit && !forced)) {
+		if (j->nseg < 2) {
 			pthread_mutex_unlock(&j->lock);
 			return;
 		}
+		p = pressure(j);
+		limit = wanted = j->checkpoint;
+		for (int i = 0; i < NHOLDS; i++) {
+			if (!j->holds[i].used)
+				continue;
+			if (!(j->holds[i].yields & p) && j->holds[i].lsn < limit)
+				limit = j->holds[i].lsn;
+			if (j->holds[i].lsn < wanted)
+				wanted = j->holds[i].lsn;
+		}
+		if (j->segs[1].first_lsn > limit) {
+			pthread_mutex_unlock(&j->lock);
+			return;
+		}
+		forced = j->segs[1].first_lsn > wanted;
+		for (int i = 0; forced && i < NHOLDS; i++)
+			if (j->holds[i].used && (j->holds[i].yields & p) &&
+			    j->holds[i].lsn < j->segs[1].first_lsn &&
+			    strlen(names) + strlen(j->holds[i].name) + 2 < sizeof(names))
+				snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
+					 *names ? "," : "", j->holds[i].name);
 		memcpy(name, j->segs[0].name, sizeof(name));
 		memmove(j->segs, j->segs + 1, (j->nseg - 1) * sizeof(*j->segs));
 		j->nseg--;
 		if (forced)
-			note_yield(j, names);
-		keep = !forced && j->spares < SPARES_KEPT;
+			note_yield(j, p, names);
+		keep = !forced && !(p & JHOLD_YIELD_FULL) && j->spares < SPARES_KEPT;
 		if (keep) {
 			snprintf(spare, sizeof(spare), "spare-%u.seg", j->spares);
 			keep = renameat(j->dirfd, name, j->dirfd, spare) == 0;
@@ -866,7 +873,7 @@ static void *checkpoint_thread(void *arg)
 
 /* ---- holds and counters ---- */
 
-static int add_hold(struct journal *j, const char *name, uint64_t lsn, bool soft)
+static int add_hold(struct journal *j, const char *name, uint64_t lsn, unsigned yields)
 {
 	int id = -ENOSPC;
 
@@ -874,7 +881,7 @@ static int add_hold(struct journal *j, const char *name, uint64_t lsn, bool soft
 	for (int i = 0; i < NHOLDS; i++)
 		if (!j->holds[i].used) {
 			j->holds[i].used = true;
-			j->holds[i].soft = soft;
+			j->holds[i].yields = yields;
 			j->holds[i].lsn = lsn;
 			snprintf(j->holds[i].name, sizeof(j->holds[i].name), "%s", name);
 			id = i;
@@ -886,12 +893,12 @@ static int add_hold(struct journal *j, const char *name, uint64_t lsn, bool soft
 
 int journal_hold(struct journal *j, const char *name, uint64_t lsn)
 {
-	return add_hold(j, name, lsn, false);
+	return add_hold(j, name, lsn, 0);
 }
 
-int journal_hold_soft(struct journal *j, const char *name, uint64_t lsn)
+int journal_hold_soft(struct journal *j, const char *name, uint64_t lsn, unsigned yields)
 {
-	return add_hold(j, name, lsn, true);
+	return add_hold(j, name, lsn, yields);
 }
 
 void journal_release(struct journal *j, int id, uint64_t lsn)

@@ -134,9 +134,9 @@ struct journal_config {
 	void *unapplied_arg;
 	bool truncate_damaged;        /* replay up to damage even when valid records follow it */
 	/*
-	 * Soft holds give way (their segments are recycled anyway, with a
-	 * warning) while the segments in use pass MAX_BYTES or the journal's
-	 * filesystem has less than MIN_FREE bytes free.  0: no such limit.
+	 * Where soft holds give way (journal_hold_soft): the segments in use
+	 * past MAX_BYTES, less than MIN_FREE bytes free on the journal's
+	 * filesystem.  0: no such limit.
 	 */
 	uint64_t max_bytes, min_free;
 	/* fault injection for tests: fail the Nth segment write / flush (1-based; 0: never) */
@@ -228,8 +228,15 @@ int journal_checkpoint(struct journal *j);
  * UINT64_MAX) drops it.
  */
 int journal_hold(struct journal *j, const char *name, uint64_t lsn);
-/* A hold that gives way under the limits of journal_config max_bytes and min_free. */
-int journal_hold_soft(struct journal *j, const char *name, uint64_t lsn);
+/*
+ * A hold that gives way (its segments are recycled anyway, with a warning)
+ * under the pressures in YIELDS: the segments in use past journal_config
+ * max_bytes (JHOLD_YIELD_CAP), less than min_free free on the journal's
+ * filesystem (JHOLD_YIELD_FULL).
+ */
+#define JHOLD_YIELD_CAP 1u
+#define JHOLD_YIELD_FULL 2u
+int journal_hold_soft(struct journal *j, const char *name, uint64_t lsn, unsigned yields);
 void journal_release(struct journal *j, int id, uint64_t lsn);
 
 void journal_get_stats(struct journal *j, struct journal_stats *st);

@@ -154,6 +154,18 @@ int replica_fetch_journal(struct backend *b, uint64_t from, const char *dir, uin
 	int fret = seg_flush(&s);
 	if (!ret)
 		ret = fret;
+	if (!ret && cur != from && cur < max_end) {
+		/* later pieces exist: the primary recycled this stretch before it was shipped */
+		uint64_t next = max_end;
+		for (size_t i = 0; i < p.n; i++)
+			if (p.v[i].first > cur && p.v[i].first < next)
+				next = p.v[i].first;
+		backend_err_set(err, false, 0, NULL,
+				"the journal on %s has a gap from LSN %" PRIu64 " to %" PRIu64
+				" (the primary recycled it before it was shipped); a snapshot taken after the gap restores later moments",
+				backend_url(b), cur, next);
+		ret = -EBADMSG;
+	}
 	if (!ret && cur == from && max_end > from) {
 		backend_err_set(err, false, 0, NULL,
 				"the journal on %s does not reach back to LSN %" PRIu64, backend_url(b),

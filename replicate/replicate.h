@@ -110,8 +110,8 @@ void backend_get_counters(struct backend *b, struct backend_counters *c);
  * Writes the replica's journal from LSN FROM on (the chain of pieces) into
  * DIR as segment files the local journal reader reads; *END gets where it
  * ends.  0; 1 when the replica's journal does not reach back to FROM (ERR
- * says so); -EBADMSG when a piece is damaged (what comes before it is
- * written; ERR names it); or -errno.
+ * says so); -EBADMSG when a piece is damaged or the chain has a gap with
+ * pieces after it (what comes before is written; ERR says where); or -errno.
  */
 int replica_fetch_journal(struct backend *b, uint64_t from, const char *dir, uint64_t *end,
 			  struct backend_err *err);

@@ -908,7 +908,7 @@ int replicator_start(const struct replicator_config *cfg, struct replicator **ou
 		}
 	}
 	if (r->journal) {
-		r->hold = journal_hold_soft(r->journal, "replica", r->shipped_lsn);
+		r->hold = journal_hold_soft(r->journal, "replica", r->shipped_lsn, JHOLD_YIELD_FULL);
 		if (r->hold < 0)
 			log_warn("replica: cannot hold the journal; segments may be recycled before they are shipped");
 	}

@@ -1,7 +1,8 @@
 #!/bin/bash
 # The journal that retention and a lagging replica keep is bounded: past
-# -o journal_max, or with less than -o journal_min_free free on the backing
-# filesystem, the oldest segments go anyway.  Nothing written is lost (the
+# -o journal_max (retention only), or with less than -o journal_min_free free
+# on the backing filesystem (retention and replica), the oldest segments go
+# anyway.  Nothing written is lost (the
 # tree and the next snapshot hold it), writes never fail for it, and status
 # and the log say what was given up and why; @TIME into the dropped stretch
 # fails with one line.  Without the limits the same load keeps the journal.
@@ -75,7 +76,8 @@ check "and the first segment is kept" [ -e "$A2/.drfs/journal/00000001-000000000
 umount_drfs "$MA2"
 
 # ---- journal_min_free: a small disk does not fill with journal ----
-# 80 MB churned through a 64 MiB ext4 filesystem: kept whole it could not fit
+# 80 MB churned through a 64 MiB ext4 filesystem while its replica is away:
+# kept whole the journal could not fit
 S=$T/small
 mkdir -p "$S"
 truncate -s 64M "$T/small.img"
@@ -83,22 +85,38 @@ mkfs.ext4 -q -F "$T/small.img" || { say "mkfs.ext4 failed"; exit 1; }
 MOUNTS+=("$S")
 mount -o loop "$T/small.img" "$S" || { say "cannot loop-mount an ext4 image"; exit 1; }
 mkdir -p "$S/b"
-"$DRFS" init "$S/b" >/dev/null || { say "init on tmpfs failed"; exit 1; }
+RS=$T/replica-s
+mkdir -p "$RS"
+"$DRFS" init "$S/b" --replica "file://$RS" >/dev/null || { say "init on the ext4 image failed"; exit 1; }
 echo "journal_segment_size=4M" >>"$S/b/.drfs/drfs.conf"
 MS=$T/ms
 mount_drfs "$S/b" "$MS" journal_min_free=40%,journal_max=100%,snapshot_interval=0
 echo kept >"$MS/kept"
+check "caught up before the outage" caught_up "$S/b"
+mv "$RS" "$RS.away"
 check "20 x 4 MB churned through a 64 MiB disk: no write fails" churn "$MS" 20
-check "the hold gave way for free space" grep -q "free, under journal_min_free" \
+check "the holds gave way for free space" grep -q "free, under journal_min_free" \
 	<(jstat "$S/b" yield_reason)
+check "the replica's among them" grep -q replica <(jstat "$S/b" yielded_holds)
 check_eq "what is there reads back" kept "$(cat "$MS/kept")"
 check_eq "the journal did not fail" False "$(jstat "$S/b" error)"
+mv "$RS.away" "$RS"
+check "the replica catches up after the gap" caught_up "$S/b"
+check_exit "restore @now from the replica, across the gap, fails" 1 \
+	"$DRFS" restore "file://$RS" "@$(date +%s.%N)" "$T/rs-gap"
+check_err "naming the gap and what restores past it" "has a gap from LSN .*a snapshot taken after the gap"
+check "a snapshot" "$DRFS" snapshot "$MS" >/dev/null
+check "the replica catches up over the gap" caught_up "$S/b"
+check "the log names the gap" grep -q "recycled before it was shipped" "$S/b/.drfs/drfs.log"
+$DIGEST "$MS" --no-mtime >"$T/s-now"
+check "restore latest from the replica" "$DRFS" restore "file://$RS" latest "$T/rs-replica"
+check_eq "equals the mount" "$(cat "$T/s-now")" "$($DIGEST "$T/rs-replica" --no-mtime)"
 umount_drfs "$MS"
 check "the unmount snapshot restores" "$DRFS" restore "$S/b" latest "$T/rs"
 check_eq "with the file" kept "$(cat "$T/rs/kept")"
 umount "$S"
 
-# ---- a replica that is away: its hold gives way too, and it is whole again after a snapshot ----
+# ---- journal_max does not cut a replica's journal: only a full disk does ----
 R=$T/replica
 mkdir -p "$R"
 E=$(backing_4m e --replica "file://$R")
@@ -108,14 +126,18 @@ echo first >"$ME/first"
 check "caught up" caught_up "$E"
 mv "$R" "$R.away"
 for i in $(seq 1 10); do head -c 4000000 /dev/urandom >"$ME/f$i"; sync -f "$ME"; done
-check "the replica's hold gives way at the cap" yielded "$E"
-check "status names it" grep -q replica <(jstat "$E" yielded_holds)
+sleep 2
+check "past journal_max the replica's hold keeps the first segment" \
+	[ -e "$E/.drfs/journal/00000001-0000000000000000.seg" ]
+holds=$(jstat "$E" yielded_holds)
+check "and status does not name it among the holds given up ('$holds')" [ "${holds/replica/}" = "$holds" ]
 mv "$R.away" "$R"
-check "a snapshot" "$DRFS" snapshot "$ME" >/dev/null
-check "the replica catches up over the gap" caught_up "$E"
-check "the log names the gap" grep -q "recycled before it was shipped" "$E/.drfs/drfs.log"
+check "the replica catches up without a gap" caught_up "$E"
+check "nothing was skipped" bash -c "! grep -q 'recycled before it was shipped' \"\$1\"" _ "$E/.drfs/drfs.log"
+durable "$ME"
+check "caught up" caught_up "$E"
 $DIGEST "$ME" --no-mtime >"$T/e-now"
-check "restore latest from the replica" "$DRFS" restore "file://$R" latest "$T/re"
+check "restore @now from the replica's journal" "$DRFS" restore "file://$R" "@$(date +%s.%N)" "$T/re"
 check_eq "equals the mount" "$(cat "$T/e-now")" "$($DIGEST "$T/re" --no-mtime)"
 umount_drfs "$ME"
 

@@ -686,8 +686,9 @@ static size_t segments_in(const char *jdir)
 }
 
 /*
- * Soft holds give way past max_bytes (the segments beyond the cap go at a
- * checkpoint); a hard hold never does, and nothing is counted as given up.
+ * A hold that yields to the cap gives way past max_bytes (the segments
+ * beyond the cap go at a checkpoint); one that yields only to a full disk,
+ * and a hard hold, keep every segment, and nothing is counted as given up.
  */
 static void test_soft_hold(void **state)
 {
@@ -698,7 +699,8 @@ static void test_soft_hold(void **state)
 	(void)state;
 	snprintf(jdir, sizeof(jdir), "%s/js", scratch);
 	snprintf(tree, sizeof(tree), "%s/ts", scratch);
-	for (int hard = 0; hard < 2; hard++) {
+	for (int kind = 0; kind < 3; kind++) {     /* yields to the cap, to a full disk, never */
+		bool keeps = kind > 0;
 		sh("rm -rf %s %s && mkdir -p %s", jdir, tree, tree);
 		assert_int_equal(journal_create(jdir, 4 << 20, 0), 0);
 		struct journal_config cfg = { .dir = jdir, .checkpoint_interval_ms = 100000,
@@ -708,17 +710,20 @@ static void test_soft_hold(void **state)
 		assert_true(cfg.backing_fd >= 0);
 		assert_int_equal(journal_open(&cfg, &j, &rr), 0);
 		assert_int_equal(journal_start(j), 0);
-		assert_true(journal_hold_soft(j, "retention", 0) >= 0);
-		if (hard)
+		if (kind == 0)
+			assert_true(journal_hold_soft(j, "retention", 0, JHOLD_YIELD_CAP) >= 0);
+		else if (kind == 1)
+			assert_true(journal_hold_soft(j, "replica", 0, JHOLD_YIELD_FULL) >= 0);
+		else
 			assert_true(journal_hold(j, "reader", 0) >= 0);
 		append_mib(j, 20);
 		journal_get_stats(j, &st);
-		if (hard)
+		if (keeps)
 			assert_int_equal(st.yielded, 0);
 		assert_int_equal(journal_close(j), 0);
 		close(cfg.backing_fd);
-		if (hard)
-			assert_true(segments_in(jdir) >= 5);    /* the hard hold kept them all */
+		if (keeps)
+			assert_true(segments_in(jdir) >= 5);    /* the hold kept them all */
 		else
 			assert_true(segments_in(jdir) <= 2);    /* down to the 8 MiB cap */
 	}

@@ -261,15 +261,17 @@ static void test_fetch_journal(void **state)
 	assert_int_equal(replica_fetch_journal(f->b, ends[9], dir, &end, &err), 0);
 	assert_int_equal(count_records(dir, ends[9], &rend), 30);
 
-	/* a gap: the chain stops before it */
+	/* a gap with pieces after it: the chain up to it, and an error saying where it is */
 	struct backend_err e2 = { 0 };
 	char key[96];
 	snprintf(key, sizeof(key), "journal/00000001/%016zx-%016zx.log", ends[6], ends[25]);
 	assert_int_equal(backend_delete(f->b, key, &e2), 0);
 	snprintf(dir, sizeof(dir), "%s/j3", f->root);
 	mkdir(dir, 0700);
-	assert_int_equal(replica_fetch_journal(f->b, 0, dir, &end, &err), 0);
+	assert_int_equal(replica_fetch_journal(f->b, 0, dir, &end, &err), -EBADMSG);
 	assert_int_equal(end, ends[12]);
+	assert_non_null(strstr(err.msg, "has a gap"));
+	assert_int_equal(count_records(dir, 0, &rend), 13);   /* records 0..12 */
 
 	/* not reaching back to FROM */
 	snprintf(dir, sizeof(dir), "%s/j4", f->root);
