@@ -512,9 +512,12 @@ static long req_finish(struct req *q, CURLcode rc, uint64_t *length, struct back
 		}
 	} else {
 		bool conn = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST;
+		bool tls = rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE;
 		backend_err_set(err, true, 0, NULL, "%s %s: %s%s", q->method, q->url,
 				curl_easy_strerror(rc),
-				conn ? "; is the endpoint up and the URL right?" : "; drfs retries");
+				conn  ? "; is the endpoint up and the URL right?"
+				: tls ? "; the server's TLS certificate does not verify against the system's CAs (add its CA to /usr/local/share/ca-certificates and run update-ca-certificates)"
+				      : "; drfs retries");
 		http = rc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT : -EIO;
 	}
 	curl_slist_free_all(q->h);

@@ -6,8 +6,8 @@
 # answers, truncated bodies, the server killed and restarted mid-upload and
 # the daemon killed mid-upload: replication resumes by itself and the
 # replica restores to what the mount held; wrong credentials, a missing
-# bucket and an unreachable endpoint show in status with the S3 error while
-# writes go on.
+# bucket, an unreachable endpoint and a TLS certificate that does not verify
+# show in status with the error while writes go on.
 . "$(dirname "$0")/lib.sh"
 DIGEST="python3 $TOP/tests/helpers/treedigest.py"
 LOAD="python3 $TOP/tests/helpers/snapload.py"
@@ -166,6 +166,20 @@ bad_mount() { # OPTS EXPECTED-PATTERN NAME
 AWS_SECRET_ACCESS_KEY=wrong-secret bad_mount "replica=$URL" "SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId|403" wrong-credentials
 bad_mount "replica=s3://no-such-bucket-drfs/x?endpoint=$S3_ENDPOINT&region=$S3_REGION&path_style=1" "NoSuchBucket|404" missing-bucket
 bad_mount "replica=s3://$S3_BUCKET/x?endpoint=http://127.0.0.1:1&region=$S3_REGION&path_style=1" "refused|connect" unreachable
+# TLS is verified: an endpoint with a self-signed certificate is refused
+TPORT=$((S3_PORT_BASE + 11))
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$T/tls.key" -out "$T/tls.crt" -days 1 \
+	-subj /CN=127.0.0.1 2>/dev/null
+/usr/bin/python3 -c 'import http.server, ssl, sys
+s = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), http.server.BaseHTTPRequestHandler)
+c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+c.load_cert_chain(sys.argv[2], sys.argv[3])
+s.socket = c.wrap_socket(s.socket, server_side=True)
+s.serve_forever()' "$TPORT" "$T/tls.crt" "$T/tls.key" 2>/dev/null &
+PIDS+=($!)
+for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/$TPORT) 2>/dev/null && break; sleep 0.1; done
+bad_mount "replica=s3://$S3_BUCKET/x?endpoint=https://127.0.0.1:$TPORT&region=$S3_REGION&path_style=1" \
+	"certificate" self-signed-tls
 mount_drfs "$B" "$M"
 check "with the right replica again, everything is shipped" matches_mount "$M" r-end
 umount_drfs "$M"
