@@ -307,18 +307,27 @@ static bool fault(unsigned *at, uint64_t count)
 	return *at && count == *at;
 }
 
-/* Waits for N completions; returns the first error, or -EAGAIN on a short write. */
+/*
+ * Waits for N completions; returns the first error, or -EAGAIN on a short
+ * or interrupted write (the caller writes the whole batch again the plain
+ * way: the same bytes at the same offsets).  A signal that interrupts the
+ * wait is no error: the wait goes on.
+ */
 static int reap(struct journal *j, unsigned n, const size_t *want)
 {
 	int ret = 0;
 
 	for (unsigned i = 0; i < n; i++) {
 		struct io_uring_cqe *cqe;
-		int r = io_uring_wait_cqe(&j->ring, &cqe);
+		int r;
+		while ((r = io_uring_wait_cqe(&j->ring, &cqe)) == -EINTR)
+			;
 		if (r < 0)
 			return r;
 		if (!ret) {
-			if (cqe->res < 0)
+			if (cqe->res == -EINTR || cqe->res == -EAGAIN)
+				ret = -EAGAIN;
+			else if (cqe->res < 0)
 				ret = cqe->res;
 			else if (want[cqe->user_data] != SIZE_MAX && (size_t)cqe->res != want[cqe->user_data])
 				ret = -EAGAIN;
@@ -373,16 +382,20 @@ static int write_and_flush(struct journal *j, int n, off_t off, bool flush)
 			pos += (off_t)bytes;
 			i += cnt;
 		}
-		ret = io_uring_submit(&j->ring);
+		while ((ret = io_uring_submit(&j->ring)) == -EINTR)
+			;
 		if (ret >= 0)
 			ret = reap(j, sq, want);
 	}
-	if (ret == -EAGAIN)     /* a short write: finish the plain way */
+	if (ret == -EAGAIN)     /* a short or interrupted write: finish the plain way */
 		ret = write_sync(j->cur_fd, j->iov, n, off);
 	if (n && fault(&j->cfg.fail_write_at, ++j->writes_done))
 		ret = -EIO;
 	if (!ret && flush) {
-		if (fdatasync(j->cur_fd) < 0)
+		int r;
+		while ((r = fdatasync(j->cur_fd)) < 0 && errno == EINTR)
+			;
+		if (r < 0)
 			ret = -errno;
 		else if (fault(&j->cfg.fail_flush_at, ++j->flushes_done))
 			ret = -EIO;

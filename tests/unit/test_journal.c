@@ -11,8 +11,10 @@
 #include <ftw.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -729,11 +731,80 @@ static void test_soft_hold(void **state)
 	}
 }
 
+static void on_usr1(int sig)
+{
+	(void)sig;
+}
+
+static atomic_bool stop_signals;
+
+/* Sends SIGUSR1 to the process (any of its threads) every 20 us until told to stop. */
+static void *signaller(void *arg)
+{
+	(void)arg;
+	while (!atomic_load(&stop_signals)) {
+		kill(getpid(), SIGUSR1);
+		usleep(20);
+	}
+	return NULL;
+}
+
+/*
+ * Signals that interrupt the journal thread's waits (a handler without
+ * SA_RESTART, as a service's own may be) are no error: every append and
+ * every wait succeeds, and the log reads back whole.
+ */
+static void test_signals(void **state)
+{
+	char jdir[512], tree[512];
+	struct replay_result rr;
+	struct sigaction sa = { .sa_handler = on_usr1 }, old;
+	struct jreader *rd;
+	struct jrec r;
+	pthread_t t;
+	struct journal *j;
+	static char data[65536];
+	int n = 0;
+
+	(void)state;
+	snprintf(jdir, sizeof(jdir), "%s/jsig", scratch);
+	snprintf(tree, sizeof(tree), "%s/tsig", scratch);
+	sh("rm -rf %s %s && mkdir -p %s", jdir, tree, tree);
+	assert_int_equal(journal_create(jdir, 4 << 20, 0), 0);
+	sigemptyset(&sa.sa_mask);
+	assert_int_equal(sigaction(SIGUSR1, &sa, &old), 0);
+	j = open_live(jdir, tree, 0, 0, &rr);
+	assert_true(journal_hold(j, "test", 0) >= 0);      /* every segment stays to be read */
+	atomic_store(&stop_signals, false);
+	pthread_create(&t, NULL, signaller, NULL);
+	for (int i = 0; i < 1000; i++) {
+		struct jrec w = { .type = JR_WRITE, .fid = { 9, 1 }, .offset = (uint64_t)i * sizeof(data),
+				  .data = data, .data_len = sizeof(data) };
+		int err;
+		uint64_t end;
+		journal_apply_begin(j);
+		end = journal_append(j, &w, true, &err);
+		assert_true(end > 0);
+		assert_int_equal(journal_wait(j, end), 0);
+		journal_apply_end(j);
+	}
+	atomic_store(&stop_signals, true);
+	pthread_join(t, NULL);
+	assert_int_equal(journal_close(j), 0);
+	sigaction(SIGUSR1, &old, NULL);
+	assert_int_equal(jreader_open(jdir, 0, &rd), 0);
+	while (jreader_next(rd, &r) == 1)
+		n += r.type == JR_WRITE;
+	jreader_close(rd);
+	assert_int_equal(n, 1000);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_crc32c),
 		cmocka_unit_test(test_soft_hold),
+		cmocka_unit_test(test_signals),
 		cmocka_unit_test(test_roundtrip),
 		cmocka_unit_test(test_encode_head),
 		cmocka_unit_test(test_torn_every_offset),
