@@ -61,6 +61,9 @@ struct s3_url {
  * 0 or -EINVAL (ERR says why).
  */
 int s3_parse_url(const char *url, struct s3_url *u, struct backend_err *err);
+/* The request URL for KEY (relative to the prefix; NULL: the bucket) and QUERY (encoded, sorted). */
+void s3_object_url(const struct s3_url *u, const char *key, const char *query, char *out,
+		   size_t len);
 /* Percent-encodes IN (RFC 3986 unreserved kept, '/' too when KEEP_SLASH; upper-case hex). */
 void s3_encode(const char *in, bool keep_slash, char *out, size_t len);
 /* The text of the first <TAG> element at or after FROM, entities decoded; its end, or NULL. */

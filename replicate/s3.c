@@ -33,11 +33,7 @@
 #define S3_PART_DEFAULT (16ull << 20)
 
 struct s3 {
-	char *endpoint;               /* scheme://host[:port], no trailing slash */
-	char *bucket, *prefix;        /* prefix ends in '/' or is "" */
-	char *region;
-	bool path_style;
-	uint64_t multipart_threshold, part_size;
+	struct s3_url u;              /* endpoint, bucket, prefix, region, addressing, parts */
 	char *key_id, *secret, *token;
 	char sigv4[128];
 	CURLSH *share;
@@ -361,18 +357,18 @@ static void sha256_hex(const void *data, size_t len, int fd, off_t off, char *he
 		sprintf(hex + 2 * i, "%02x", md[i]);
 }
 
-/* The request URL for KEY (relative to the prefix; NULL: the bucket) and QUERY (encoded, sorted). */
-static void object_url(struct s3 *s, const char *key, const char *query, char *out, size_t len)
+void s3_object_url(const struct s3_url *u, const char *key, const char *query, char *out,
+		   size_t len)
 {
 	char enc[3200], full[1400];
-	snprintf(full, sizeof(full), "%s%s", key ? s->prefix : "", key ? key : "");
+	snprintf(full, sizeof(full), "%s%s", key ? u->prefix : "", key ? key : "");
 	s3_encode(full, true, enc, sizeof(enc));
-	if (s->path_style) {
-		snprintf(out, len, "%s/%s%s%s%s%s", s->endpoint, s->bucket, key ? "/" : "", enc,
+	if (u->path_style) {
+		snprintf(out, len, "%s/%s%s%s%s%s", u->endpoint, u->bucket, key ? "/" : "", enc,
 			 query ? "?" : "", query ? query : "");
 	} else {
-		const char *host = strstr(s->endpoint, "://") + 3;
-		snprintf(out, len, "%.*s%s.%s/%s%s%s", (int)(host - s->endpoint), s->endpoint, s->bucket,
+		const char *host = strstr(u->endpoint, "://") + 3;
+		snprintf(out, len, "%.*s%s.%s/%s%s%s", (int)(host - u->endpoint), u->endpoint, u->bucket,
 			 host, enc, query ? "?" : "", query ? query : "");
 	}
 }
@@ -431,7 +427,7 @@ static int req_init(struct backend *b, struct req *q, const char *method, const 
 	body = q->body;
 	if (!(q->c = curl_easy_init()))
 		return -ENOMEM;
-	object_url(s, key, query, q->url, sizeof(q->url));
+	s3_object_url(&s->u, key, query, q->url, sizeof(q->url));
 	if (body)
 		sha256_hex(body->mem, body->len, body->mem ? -1 : body->fd, body->off, hash);
 	else
@@ -588,7 +584,7 @@ static int put_multipart(struct backend *b, const char *key, const struct body *
 			 struct backend_err *err)
 {
 	struct s3 *s = s3(b);
-	uint64_t part = s->part_size;
+	uint64_t part = s->u.part_size;
 	struct reply r = { 0 };
 	char id[400], enc_id[1300], query[1400];
 	char *xml = NULL;
@@ -677,7 +673,7 @@ static int s3_put_body(struct backend *b, const char *key, struct body *body,
 	long http;
 	int ret;
 
-	if (body->len > s3(b)->multipart_threshold) {
+	if (body->len > s3(b)->u.multipart_threshold) {
 		ret = put_multipart(b, key, body, err);
 		if (!ret)
 			atomic_fetch_add(&b->put_bytes, body->len);
@@ -735,7 +731,7 @@ static int s3_put_many(struct backend *b, const struct put_item *items, size_t n
 			unsigned sl = 0;
 			if (calls->start)
 				calls->start(calls->arg, i);
-			if (items[i].len > s3(b)->multipart_threshold) {
+			if (items[i].len > s3(b)->u.multipart_threshold) {
 				struct backend_err e = { 0 };
 				int ret = s3_put_fd(b, items[i].key, items[i].fd, items[i].off, items[i].len, &e);
 				calls->done(calls->arg, i, ret, &e);
@@ -854,7 +850,7 @@ static int s3_list(struct backend *b, const char *prefix, backend_list_fn fn, vo
 	char token[1024] = "", full[1200], enc_prefix[3700], enc_token[3100], query[8192];
 	int ret = 0;
 
-	snprintf(full, sizeof(full), "%s%s", s->prefix, prefix);
+	snprintf(full, sizeof(full), "%s%s", s->u.prefix, prefix);
 	s3_encode(full, false, enc_prefix, sizeof(enc_prefix));
 	do {
 		struct reply r = { 0 };
@@ -884,9 +880,9 @@ static int s3_list(struct backend *b, const char *prefix, backend_list_fn fn, vo
 			if (!s3_xml_tag(item, "Key", key, sizeof(key)) ||
 			    !s3_xml_tag(item, "Size", sz, sizeof(sz)))
 				continue;
-			if (strncmp(key, s->prefix, strlen(s->prefix)))
+			if (strncmp(key, s->u.prefix, strlen(s->u.prefix)))
 				continue;
-			ret = fn(arg, key + strlen(s->prefix), strtoull(sz, NULL, 10));
+			ret = fn(arg, key + strlen(s->u.prefix), strtoull(sz, NULL, 10));
 		}
 		s3_xml_tag(text, "IsTruncated", trunc, sizeof(trunc));
 		token[0] = 0;
@@ -928,10 +924,6 @@ static void s3_close(struct backend *b)
 			curl_share_cleanup(s->share);
 		for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
 			pthread_mutex_destroy(&s->share_lock[i]);
-		free(s->endpoint);
-		free(s->bucket);
-		free(s->prefix);
-		free(s->region);
 		free(s->key_id);
 		free(s->secret);
 		free(s->token);
@@ -980,13 +972,7 @@ int s3_backend_open(const char *url, struct backend **out, struct backend_err *e
 	b->priv = s;
 	for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
 		pthread_mutex_init(&s->share_lock[i], NULL);
-	s->endpoint = strdup(u.endpoint);
-	s->bucket = strdup(u.bucket);
-	s->prefix = strdup(u.prefix);
-	s->region = strdup(u.region);
-	s->path_style = u.path_style;
-	s->multipart_threshold = u.multipart_threshold;
-	s->part_size = u.part_size;
+	s->u = u;
 	b->url = strdup(url);
 	snprintf(s->sigv4, sizeof(s->sigv4), "aws:amz:%s:s3", u.region);
 	const char *id = getenv("AWS_ACCESS_KEY_ID"), *secret = getenv("AWS_SECRET_ACCESS_KEY");
@@ -1013,7 +999,7 @@ int s3_backend_open(const char *url, struct backend **out, struct backend_err *e
 		}
 	}
 	s->share = curl_share_init();
-	if (!s->endpoint || !s->bucket || !s->prefix || !s->region || !b->url || !s->share) {
+	if (!b->url || !s->share) {
 		s3_close(b);
 		return -ENOMEM;
 	}

@@ -386,6 +386,18 @@ static void test_s3_url(void **state)
 	assert_int_equal(s3_parse_url("s3://Upper/p", &u, &err), -EINVAL);
 	assert_int_equal(s3_parse_url("s3://bkt/p?endpoint=ftp://x", &u, &err), -EINVAL);
 
+	/* path-style and virtual-hosted addressing, keys and queries encoded */
+	char url[512];
+	assert_int_equal(s3_parse_url("s3://bkt/pre?endpoint=https://s3.example.net:9000&path_style=1",
+				      &u, &err), 0);
+	s3_object_url(&u, "packs/a b", "partNumber=1&uploadId=x%2By", url, sizeof(url));
+	assert_string_equal(url, "https://s3.example.net:9000/bkt/pre/packs/a%20b?partNumber=1&uploadId=x%2By");
+	s3_object_url(&u, NULL, "list-type=2&prefix=pre%2F", url, sizeof(url));
+	assert_string_equal(url, "https://s3.example.net:9000/bkt?list-type=2&prefix=pre%2F");
+	assert_int_equal(s3_parse_url("s3://bkt/pre?region=eu-west-1", &u, &err), 0);
+	s3_object_url(&u, "head", NULL, url, sizeof(url));
+	assert_string_equal(url, "https://bkt.s3.eu-west-1.amazonaws.com/pre/head");
+
 	s3_encode("a b/c=d~e", true, enc, sizeof(enc));
 	assert_string_equal(enc, "a%20b/c%3Dd~e");
 	s3_encode("x/y+z", false, enc, sizeof(enc));
