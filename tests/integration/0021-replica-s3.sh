@@ -111,6 +111,11 @@ check "big objects went up in parts" grep -q "PUT /$S3_BUCKET/drfs-test/.*?partN
 check "and their uploads were completed" grep -q "POST /$S3_BUCKET/drfs-test/.*?uploadId=" "$T/proxy.log"
 n=$("$DRFS" status "$B" --json | python3 -c 'import json,sys; r=json.load(sys.stdin)["replica"]; print(r["requests_per_gib"])')
 say "requests per GiB shipped so far: $n"
+# idle: no requests but a heartbeat of at most one a minute
+r0=$(rstat "$B" requests)
+sleep 8
+r1=$(rstat "$B" requests)
+check "8 s idle cost at most one request ($r0 -> $r1)" [ $((r1 - r0)) -le 1 ]
 
 # ---- faults from the proxy: every kind, replication goes on by itself ----
 seed=100
