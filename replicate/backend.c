@@ -55,6 +55,11 @@ int backend_put(struct backend *b, const char *key, const void *data, size_t len
 	return b->ops->put(b, key, data, len, err);
 }
 
+unsigned backend_sweep(struct backend *b, unsigned max_age_s)
+{
+	return b->ops->sweep ? b->ops->sweep(b, max_age_s) : 0;
+}
+
 /* ---- put_many on threads, for backends without their own ---- */
 
 struct many {

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "replicate_i.h"
@@ -323,6 +324,40 @@ static int file_del(struct backend *b, const char *key, struct backend_err *err)
 	return 0;
 }
 
+/* Removes the stale temp files in DIR and, one level down, in its directories. */
+static unsigned sweep_dir(int dfd, time_t before, int depth)
+{
+	DIR *d = fdopendir(dfd);
+	struct dirent *de;
+	struct stat st;
+	unsigned n = 0;
+
+	if (!d) {
+		close(dfd);
+		return 0;
+	}
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.' || fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW))
+			continue;
+		if (S_ISDIR(st.st_mode) && depth < 2) {
+			int sub = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+			if (sub >= 0)
+				n += sweep_dir(sub, before, depth + 1);
+		} else if (S_ISREG(st.st_mode) && strstr(de->d_name, ".tmp") && st.st_mtime < before &&
+			   unlinkat(dirfd(d), de->d_name, 0) == 0) {
+			n++;
+		}
+	}
+	closedir(d);
+	return n;
+}
+
+static unsigned file_sweep(struct backend *b, unsigned max_age_s)
+{
+	int dfd = open(fb(b)->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	return dfd < 0 ? 0 : sweep_dir(dfd, time(NULL) - (time_t)max_age_s, 0);
+}
+
 static void file_close(struct backend *b)
 {
 	free(fb(b)->dir);
@@ -339,6 +374,7 @@ static const struct backend_ops file_ops = {
 	.head = file_head,
 	.list = file_list,
 	.del = file_del,
+	.sweep = file_sweep,
 	.close = file_close,
 };
 

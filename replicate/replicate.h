@@ -79,6 +79,12 @@ struct put_calls {
  */
 int backend_put_many(struct backend *b, const struct put_item *items, size_t n,
 		     unsigned parallel, const struct put_calls *calls, struct backend_err *err);
+/*
+ * Removes what writers killed mid-put left behind (file://: NAME.tmpTID
+ * files not touched for MAX_AGE_S seconds); the replicator calls it at
+ * start.  The number removed; 0 for backends that leave nothing.
+ */
+unsigned backend_sweep(struct backend *b, unsigned max_age_s);
 /* The whole object KEY into a malloc'd *DATA of *LEN bytes.  -ENOENT when absent. */
 int backend_get(struct backend *b, const char *key, void **data, size_t *len,
 		struct backend_err *err);

@@ -26,6 +26,8 @@ struct backend_ops {
 	int (*list)(struct backend *b, const char *prefix, backend_list_fn fn, void *arg,
 		    struct backend_err *err);
 	int (*del)(struct backend *b, const char *key, struct backend_err *err);
+	/* optional: removes what interrupted writers left behind; the count removed */
+	unsigned (*sweep)(struct backend *b, unsigned max_age_s);
 	void (*close)(struct backend *b);
 };
 

@@ -896,6 +896,10 @@ int replicator_start(const struct replicator_config *cfg, struct replicator **ou
 		log_error("%s", err.msg);
 		goto fail;
 	}
+	/* a put killed mid-way (this daemon's last run) leaves its temp file; an hour is long past it */
+	unsigned swept = backend_sweep(r->be, 3600);
+	if (swept)
+		log_info("replica %s: removed %u temp files that interrupted uploads left", cfg->url, swept);
 	ret = load_state(r, cfg->start_lsn, &err);
 	if (ret) {
 		/* the replica cannot be listed now: start from the local record, retry later */

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -354,6 +355,28 @@ static void test_put_many(void **state)
 	close(fd);
 }
 
+/* sweep: temp files older than the age go, fresh ones and objects stay */
+static void test_sweep(void **state)
+{
+	struct fix *f = *state;
+	struct backend_err err = { 0 };
+	char stale[256], fresh[256];
+	struct timespec old[2] = { { .tv_sec = time(NULL) - 7200 }, { .tv_sec = time(NULL) - 7200 } };
+
+	assert_int_equal(backend_put(f->b, "journal/00000001/0000000000000000-0000000000000004.log", "abcd", 4, &err), 0);
+	assert_int_equal(backend_put(f->b, "packs/aa/aa11.pack", "p", 1, &err), 0);
+	snprintf(stale, sizeof(stale), "%s/journal/00000001/0000000000000004-0000000000000008.log.tmp77", f->root);
+	snprintf(fresh, sizeof(fresh), "%s/packs/aa/aa22.pack.tmp78", f->root);
+	close(open(stale, O_WRONLY | O_CREAT, 0644));
+	close(open(fresh, O_WRONLY | O_CREAT, 0644));
+	assert_int_equal(utimensat(AT_FDCWD, stale, old, 0), 0);
+	assert_int_equal(backend_sweep(f->b, 3600), 1);
+	assert_int_equal(access(stale, F_OK), -1);
+	assert_int_equal(access(fresh, F_OK), 0);
+	assert_int_equal(backend_head(f->b, "journal/00000001/0000000000000000-0000000000000004.log", NULL, &err), 0);
+	assert_int_equal(backend_head(f->b, "packs/aa/aa11.pack", NULL, &err), 0);
+}
+
 static void test_s3_url(void **state)
 {
 	struct backend_err err = { 0 };
@@ -417,6 +440,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_fetch_journal, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_put_many, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sweep, setup, teardown),
 		cmocka_unit_test(test_s3_url),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
