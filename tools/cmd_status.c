@@ -299,7 +299,7 @@ int cmd_status(int argc, char **argv)
 		else {
 			char cap[64] = "";
 			if (js.max_bytes)
-				snprintf(cap, sizeof(cap), " of %.0f MiB kept at most (journal_max)",
+				snprintf(cap, sizeof(cap), " (journal_max %.0f MiB)",
 					 js.max_bytes / 1048576.0);
 			printf("journal:     head LSN %llu, durable %llu (%llu bytes behind), checkpoint %llu; "
 			       "%llu segments, %.1f MiB%s%s\n",
