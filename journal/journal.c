@@ -73,7 +73,7 @@ struct journal {
 	size_t nseg, segcap;
 	unsigned spares, spare_seq;
 	struct hold holds[NHOLDS];
-	uint64_t yielded, yielded_at, yielded_to;
+	uint64_t yielded, yielded_at;
 	char yielded_holds[64], yield_reason[96];
 	uint64_t yield_warned_at;      /* when that was last logged (seconds since the epoch) */
 	uint64_t flushes, records, writes_done, flushes_done;
@@ -680,22 +680,22 @@ int journal_checkpoint(struct journal *j)
 /*
  * Caller holds j->lock.  The pressures on the journal now (JHOLD_YIELD_*):
  * the segments in use pass cfg.max_bytes (CAP), the journal's filesystem
- * has less than cfg.min_free bytes free (FULL).  j->yield_reason says why.
+ * has less than cfg.min_free bytes free (FULL).  WHY (LEN bytes) says which.
  */
-static unsigned pressure(struct journal *j)
+static unsigned pressure(struct journal *j, char *why, size_t len)
 {
 	struct statvfs sv;
 	unsigned p = 0;
 
 	if (j->cfg.max_bytes && j->nseg * j->seg_size > j->cfg.max_bytes) {
-		snprintf(j->yield_reason, sizeof(j->yield_reason),
+		snprintf(why, len,
 			 "the journal passed its cap of %" PRIu64 " MiB (journal_max)",
 			 j->cfg.max_bytes >> 20);
 		p |= JHOLD_YIELD_CAP;
 	}
 	if (j->cfg.min_free && fstatvfs(j->dirfd, &sv) == 0 &&
 	    (uint64_t)sv.f_bavail * sv.f_frsize < j->cfg.min_free) {
-		snprintf(j->yield_reason, sizeof(j->yield_reason),
+		snprintf(why, len,
 			 "its disk has %" PRIu64 " MiB free, under journal_min_free (%" PRIu64 " MiB)",
 			 ((uint64_t)sv.f_bavail * sv.f_frsize) >> 20, j->cfg.min_free >> 20);
 		p |= JHOLD_YIELD_FULL;
@@ -705,10 +705,10 @@ static unsigned pressure(struct journal *j)
 
 /*
  * Caller holds j->lock.  Segment 0 is going although the holds named in
- * NAMES, which give way to the pressures P, wanted it: they move past it,
- * and the stats say so.
+ * NAMES, which give way to the pressures P (WHY), wanted it: they move past
+ * it, and the stats say so.
  */
-static void note_yield(struct journal *j, unsigned p, const char *names)
+static void note_yield(struct journal *j, unsigned p, const char *why, const char *names)
 {
 	uint64_t to = j->segs[0].first_lsn;
 
@@ -717,8 +717,8 @@ static void note_yield(struct journal *j, unsigned p, const char *names)
 			j->holds[i].lsn = to;
 	j->yielded++;
 	j->yielded_at = now_ns(CLOCK_REALTIME) / 1000000000ull;
-	j->yielded_to = to;
 	snprintf(j->yielded_holds, sizeof(j->yielded_holds), "%s", names);
+	snprintf(j->yield_reason, sizeof(j->yield_reason), "%s", why);
 	/* the first time, then once an hour while it goes on: a cap reached is a steady state */
 	if (!j->yield_warned_at || j->yielded_at >= j->yield_warned_at + 3600) {
 		j->yield_warned_at = j->yielded_at;
@@ -737,7 +737,7 @@ static void recycle(struct journal *j)
 {
 	for (;;) {
 		uint64_t limit, wanted;
-		char name[40], spare[40], names[64] = "";
+		char name[40], spare[40], names[64] = "", why[sizeof(j->yield_reason)] = "";
 		bool keep, forced;
 		unsigned p;
 
@@ -746,7 +746,7 @@ static void recycle(struct journal *j)
 			pthread_mutex_unlock(&j->lock);
 			return;
 		}
-		p = pressure(j);
+		p = pressure(j, why, sizeof(why));
 		limit = wanted = j->checkpoint;
 		for (int i = 0; i < NHOLDS; i++) {
 			if (!j->holds[i].used)
@@ -771,7 +771,7 @@ static void recycle(struct journal *j)
 		memmove(j->segs, j->segs + 1, (j->nseg - 1) * sizeof(*j->segs));
 		j->nseg--;
 		if (forced)
-			note_yield(j, p, names);
+			note_yield(j, p, why, names);
 		keep = !forced && !(p & JHOLD_YIELD_FULL) && j->spares < SPARES_KEPT;
 		if (keep) {
 			snprintf(spare, sizeof(spare), "spare-%u.seg", j->spares);
@@ -835,11 +835,11 @@ static void write_stats(struct journal *j)
 		     "head=%" PRIu64 "\nwritten=%" PRIu64 "\ndurable=%" PRIu64
 		     "\ncheckpoint=%" PRIu64 "\nsegments=%" PRIu64 "\nsegment_bytes=%" PRIu64
 		     "\nflushes=%" PRIu64 "\nrecords=%" PRIu64 "\nerror=%s\nyielded=%" PRIu64
-		     "\nyielded_at=%" PRIu64 "\nyielded_to=%" PRIu64 "\nyielded_holds=%s\nyield_reason=%s\n"
+		     "\nyielded_at=%" PRIu64 "\nyielded_holds=%s\nyield_reason=%s\n"
 		     "max_bytes=%" PRIu64 "\nmin_free=%" PRIu64 "\n",
 		     st.head_lsn, st.written_lsn, st.durable_lsn, st.checkpoint_lsn, st.segments,
 		     st.segment_bytes, st.flushes, st.records, st.error ? strerror(-st.error) : "none",
-		     st.yielded, st.yielded_at, st.yielded_to, st.yielded_holds, st.yield_reason,
+		     st.yielded, st.yielded_at, st.yielded_holds, st.yield_reason,
 		     st.max_bytes, st.min_free);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", j->cfg.stats_path);
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -942,7 +942,6 @@ void journal_get_stats(struct journal *j, struct journal_stats *st)
 	st->min_free = j->cfg.min_free;
 	st->yielded = j->yielded;
 	st->yielded_at = j->yielded_at;
-	st->yielded_to = j->yielded_to;
 	memcpy(st->yielded_holds, j->yielded_holds, sizeof(st->yielded_holds));
 	memcpy(st->yield_reason, j->yield_reason, sizeof(st->yield_reason));
 	pthread_mutex_unlock(&j->lock);

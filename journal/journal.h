@@ -154,9 +154,8 @@ struct journal_stats {
 	uint64_t max_bytes, min_free; /* the limits soft holds give way at (0: none) */
 	uint64_t yielded;             /* segments recycled although a soft hold wanted them */
 	uint64_t yielded_at;          /* when the last of them went (seconds since the epoch) */
-	uint64_t yielded_to;          /* the journal's first LSN after it */
 	char yielded_holds[64];       /* the holds that gave way, comma-separated */
-	char yield_reason[96];        /* "the disk holding DIR has N MiB free" or the cap */
+	char yield_reason[96];        /* the cap passed, or the free space left */
 };
 
 /*

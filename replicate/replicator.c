@@ -76,7 +76,6 @@ static double wall_s(void)
 	return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-
 /* ---- the set of shipped keys ---- */
 
 static int cmp_strp(const void *a, const void *b)
@@ -553,18 +552,35 @@ static int collect(struct replicator *r, const char *sub, const char *suffix, st
 	return ret;
 }
 
-static int put_file(struct replicator *r, const char *key, struct backend_err *err)
+/* Opens repository object KEY for reading.  The fd, or -errno with ERR filled. */
+static int open_repo_file(struct replicator *r, const char *key, struct backend_err *err)
 {
 	char path[PATH_MAX];
-	snprintf(path, sizeof(path), "%s/%s", r->cfg.repo_dir, key);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = snprintf(path, sizeof(path), "%s/%s", r->cfg.repo_dir, key) < (int)sizeof(path)
+			 ? open(path, O_RDONLY | O_CLOEXEC)
+			 : (errno = ENAMETOOLONG, -1);
+
+	if (fd < 0) {
+		int e = errno;
+		backend_err_set(err, false, 0, NULL, "cannot read %s/%s: %s", r->cfg.repo_dir, key,
+				strerror(e));
+		return -e;
+	}
+	return fd;
+}
+
+static int put_file(struct replicator *r, const char *key, struct backend_err *err)
+{
+	int fd = open_repo_file(r, key, err);
 	struct stat st;
 
-	if (fd < 0 || fstat(fd, &st)) {
+	if (fd < 0)
+		return fd;
+	if (fstat(fd, &st)) {
 		int e = errno;
-		if (fd >= 0)
-			close(fd);
-		backend_err_set(err, false, 0, NULL, "cannot read %s: %s", path, strerror(e));
+		close(fd);
+		backend_err_set(err, false, 0, NULL, "cannot read %s/%s: %s", r->cfg.repo_dir, key,
+				strerror(e));
 		return -e;
 	}
 	throttle(r, (uint64_t)st.st_size);
@@ -615,15 +631,9 @@ static int ship_packs(struct replicator *r, struct objlist *l, struct backend_er
 		struct pack_batch pb = { .r = r, .objs = l->v + at };
 		struct put_calls calls = { .start = pack_start, .done = pack_done, .arg = &pb };
 		for (; opened < cnt; opened++) {
-			char path[PATH_MAX];
-			int fd = snprintf(path, sizeof(path), "%s/%s", r->cfg.repo_dir,
-					  pb.objs[opened].key) < (int)sizeof(path)
-					 ? open(path, O_RDONLY | O_CLOEXEC)
-					 : (errno = ENAMETOOLONG, -1);
+			int fd = open_repo_file(r, pb.objs[opened].key, err);
 			if (fd < 0) {
-				ret = -errno;
-				backend_err_set(err, false, 0, NULL, "cannot read %s: %s", path,
-						strerror(errno));
+				ret = fd;
 				break;
 			}
 			items[opened] = (struct put_item){ .key = pb.objs[opened].key, .fd = fd,
@@ -685,7 +695,7 @@ static int put_head(struct replicator *r, struct backend_err *err)
 	if (same)
 		return 0;
 	gethostname(host, sizeof(host) - 1);
-	utc_time((int64_t)(wall_s()), when, sizeof(when));
+	utc_time((int64_t)wall_s(), when, sizeof(when));
 	int len = snprintf(buf, sizeof(buf),
 			   "format=1\nsnapshot=%s\nsnapshot_lsn=%llu\njournal_timeline=%u\n"
 			   "journal_end=%llu\ntime=%s\nhost=%s\n",
@@ -799,9 +809,9 @@ static void write_status(struct replicator *r)
 	pthread_mutex_lock(&r->lock);
 	double now = wall_s();
 	if (r->last_success)
-		utc_time((int64_t)(r->last_success), ok, sizeof(ok));
+		utc_time((int64_t)r->last_success, ok, sizeof(ok));
 	if (r->failing_since)
-		utc_time((int64_t)(r->failing_since), since, sizeof(since));
+		utc_time((int64_t)r->failing_since, since, sizeof(since));
 	uint64_t lag_bytes = r->durable_lsn > r->shipped_lsn ? r->durable_lsn - r->shipped_lsn : 0;
 	size_t nl = r->nlag < LAG_RING ? (size_t)r->nlag : LAG_RING;
 	uint32_t sorted[LAG_RING];

@@ -666,25 +666,32 @@ static int put_multipart(struct backend *b, const char *key, const struct body *
 	return ret;
 }
 
+/* The end of a single PUT of LEN bytes: 0 (counted), or -errno with ERR filled; R's body freed. */
+static int put_result(struct backend *b, const char *key, long http, struct reply *r, size_t len,
+		      struct backend_err *err)
+{
+	int ret = http / 100 == 2 ? 0 : status_err(b, "PUT", key, http, r, err);
+
+	free(r->buf);
+	r->buf = NULL;
+	if (!ret)
+		atomic_fetch_add(&b->put_bytes, len);
+	return ret;
+}
+
 static int s3_put_body(struct backend *b, const char *key, struct body *body,
 		       struct backend_err *err)
 {
 	struct reply r = { 0 };
-	long http;
-	int ret;
 
 	if (body->len > s3(b)->u.multipart_threshold) {
-		ret = put_multipart(b, key, body, err);
+		int ret = put_multipart(b, key, body, err);
 		if (!ret)
 			atomic_fetch_add(&b->put_bytes, body->len);
 		return ret;
 	}
-	http = request(b, "PUT", key, NULL, body, &r, NULL, NULL, err);
-	ret = http / 100 == 2 ? 0 : status_err(b, "PUT", key, http, &r, err);
-	free(r.buf);
-	if (!ret)
-		atomic_fetch_add(&b->put_bytes, body->len);
-	return ret;
+	return put_result(b, key, request(b, "PUT", key, NULL, body, &r, NULL, NULL, err), &r,
+			  body->len, err);
 }
 
 static int s3_put(struct backend *b, const char *key, const void *data, size_t len,
@@ -703,23 +710,38 @@ static int s3_put_fd(struct backend *b, const char *key, int fd, off_t off, size
 
 /*
  * put_many on one curl multi handle: up to PARALLEL PUTs in flight, the
- * next begun as one ends.  Objects over the multipart threshold go up in
- * parts, each on its own, between the others.
+ * next begun as one ends.  An object over the multipart threshold goes up
+ * in parts on its own, once nothing else is in flight (a blocking upload
+ * would leave the others' connections unserved).
  */
+struct slot {
+	struct req q;                 /* q.c is NULL while the slot is free */
+	struct body body;
+	struct reply reply;
+};
+
+/* Reports item I's end RET to CALLS; the first failure goes into *FIRST and ERR. */
+static void settle(const struct put_calls *calls, size_t i, int ret, const struct backend_err *e,
+		   int *first, struct backend_err *err)
+{
+	calls->done(calls->arg, i, ret, e);
+	if (ret && !*first) {
+		*first = ret;
+		if (err)
+			*err = *e;
+	}
+}
+
 static int s3_put_many(struct backend *b, const struct put_item *items, size_t n,
 		       unsigned parallel, const struct put_calls *calls, struct backend_err *err)
 {
 	CURLM *m = curl_multi_init();
-	struct req *q = calloc(parallel, sizeof(*q));
-	struct body *bodies = calloc(parallel, sizeof(*bodies));
-	struct reply *replies = calloc(parallel, sizeof(*replies));
+	struct slot *sl = calloc(parallel, sizeof(*sl));
 	size_t next = 0, running = 0;
 	int first = 0;
 
-	if (!m || !q || !bodies || !replies) {
-		free(q);
-		free(bodies);
-		free(replies);
+	if (!m || !sl) {
+		free(sl);
 		if (m)
 			curl_multi_cleanup(m);
 		return -ENOMEM;
@@ -727,39 +749,37 @@ static int s3_put_many(struct backend *b, const struct put_item *items, size_t n
 	for (;;) {
 		/* fill the free slots while nothing failed */
 		while (!first && next < n && running < parallel) {
-			size_t i = next++;
-			unsigned sl = 0;
+			size_t i = next;
+			bool big = items[i].len > s3(b)->u.multipart_threshold;
+			if (big && running)
+				break;
+			next++;
 			if (calls->start)
 				calls->start(calls->arg, i);
-			if (items[i].len > s3(b)->u.multipart_threshold) {
+			if (big) {
 				struct backend_err e = { 0 };
 				int ret = s3_put_fd(b, items[i].key, items[i].fd, items[i].off, items[i].len, &e);
-				calls->done(calls->arg, i, ret, &e);
-				if (ret && !first) {
-					first = ret;
-					if (err)
-						*err = e;
-				}
+				settle(calls, i, ret, &e, &first, err);
 				continue;
 			}
-			while (q[sl].c)
-				sl++;
-			bodies[sl] = (struct body){ .fd = items[i].fd, .off = items[i].off, .len = items[i].len };
-			replies[sl] = (struct reply){ 0 };
-			if (req_init(b, &q[sl], "PUT", items[i].key, NULL, &bodies[sl], &replies[sl], NULL)) {
+			struct slot *f = sl;
+			while (f->q.c)
+				f++;
+			f->body = (struct body){ .fd = items[i].fd, .off = items[i].off, .len = items[i].len };
+			f->reply = (struct reply){ 0 };
+			if (req_init(b, &f->q, "PUT", items[i].key, NULL, &f->body, &f->reply, NULL)) {
 				first = -ENOMEM;
 				break;
 			}
-			q[sl].item = i;
-			curl_multi_add_handle(m, q[sl].c);
+			f->q.item = i;
+			curl_multi_add_handle(m, f->q.c);
 			running++;
 		}
 		if (!running)
 			break;
-		int still;
-		curl_multi_perform(m, &still);
+		int still, left;
 		CURLMsg *msg;
-		int left;
+		curl_multi_perform(m, &still);
 		while ((msg = curl_multi_info_read(m, &left))) {
 			if (msg->msg != CURLMSG_DONE)
 				continue;
@@ -770,25 +790,15 @@ static int s3_put_many(struct backend *b, const struct put_item *items, size_t n
 			size_t i = done->item;
 			curl_multi_remove_handle(m, done->c);
 			long http = req_finish(done, rc, NULL, &e);
-			int ret = http / 100 == 2 ? 0 : status_err(b, "PUT", items[i].key, http, done->reply, &e);
-			free(done->reply->buf);
-			if (!ret)
-				atomic_fetch_add(&b->put_bytes, items[i].len);
+			int ret = put_result(b, items[i].key, http, done->reply, items[i].len, &e);
 			running--;
-			calls->done(calls->arg, i, ret, &e);
-			if (ret && !first) {
-				first = ret;
-				if (err)
-					*err = e;
-			}
+			settle(calls, i, ret, &e, &first, err);
 		}
 		if (running)
 			curl_multi_poll(m, NULL, 0, 1000, NULL);
 	}
 	curl_multi_cleanup(m);
-	free(q);
-	free(bodies);
-	free(replies);
+	free(sl);
 	return first;
 }
 

@@ -262,13 +262,11 @@ int journal_status(const char *state_dir, const char *mountpoint, struct journal
 		if (kv_load(path, &kv) == 0) {
 			const char *keys[] = { "head", "written", "durable", "checkpoint",
 					       "segments", "segment_bytes", "flushes", "records",
-					       "yielded", "yielded_at", "yielded_to", "max_bytes",
-					       "min_free" };
+					       "yielded", "yielded_at", "max_bytes", "min_free" };
 			uint64_t *vals[] = { &st->head_lsn, &st->written_lsn, &st->durable_lsn,
 					     &st->checkpoint_lsn, &st->segments, &st->segment_bytes,
 					     &st->flushes, &st->records, &st->yielded,
-					     &st->yielded_at, &st->yielded_to, &st->max_bytes,
-					     &st->min_free };
+					     &st->yielded_at, &st->max_bytes, &st->min_free };
 			for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
 				const char *v = kv_get(kv, keys[i]);
 				*vals[i] = v ? strtoull(v, NULL, 10) : 0;

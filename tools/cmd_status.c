@@ -228,19 +228,18 @@ int cmd_status(int argc, char **argv)
 			printf(",\"pid\":%ld,\"started\":", (long)rec.pid);
 			json_str(rec.started);
 		}
-		if (!jret)
+		if (!jret) {
 			printf(",\"journal\":{\"head_lsn\":%llu,\"durable_lsn\":%llu,"
 			       "\"checkpoint_lsn\":%llu,\"segments\":%llu,\"segment_bytes\":%llu,"
 			       "\"error\":%s,\"max_bytes\":%llu,\"min_free\":%llu,"
-			       "\"yielded_segments\":%llu,\"yielded_at\":%llu,"
-			       "\"yielded_holds\":\"%s\",\"yield_reason\":",
+			       "\"yielded_segments\":%llu,\"yielded_at\":%llu,\"yielded_holds\":",
 			       (unsigned long long)js.head_lsn, (unsigned long long)js.durable_lsn,
 			       (unsigned long long)js.checkpoint_lsn, (unsigned long long)js.segments,
 			       (unsigned long long)js.segment_bytes, js.error ? "true" : "false",
 			       (unsigned long long)js.max_bytes, (unsigned long long)js.min_free,
-			       (unsigned long long)js.yielded, (unsigned long long)js.yielded_at,
-			       js.yielded_holds);
-		if (!jret) {
+			       (unsigned long long)js.yielded, (unsigned long long)js.yielded_at);
+			json_str(js.yielded_holds);
+			printf(",\"yield_reason\":");
 			json_str(js.yield_reason);
 			printf("}");
 		}

@@ -11,10 +11,7 @@
 DIGEST="python3 $TOP/tests/helpers/treedigest.py"
 
 # jstat BACKING KEY: a field of 'drfs status --json' .journal
-jstat() {
-	"$DRFS" status "$1" --json 2>/dev/null |
-		python3 -c 'import json,sys; print(json.load(sys.stdin).get("journal",{}).get(sys.argv[1],""))' "$2"
-}
+jstat() { status_field "$1" journal "$2"; }
 # yielded BACKING: waits (up to 30 s) until status counts recycled held segments
 yielded() {
 	for _ in $(seq 1 150); do

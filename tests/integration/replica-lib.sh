@@ -9,11 +9,13 @@ durable() {
 	sync -f "$1" &&
 		python3 -c 'import os,sys; fd=os.open(sys.argv[1], os.O_RDONLY|os.O_DIRECTORY); os.fsync(fd)' "$1"
 }
-# rstat BACKING KEY: a field of 'drfs status --json' .replica
-rstat() {
+# status_field BACKING SECTION KEY: a field of 'drfs status --json' .SECTION
+status_field() {
 	"$DRFS" status "$1" --json 2>/dev/null |
-		python3 -c 'import json,sys; print(json.load(sys.stdin).get("replica",{}).get(sys.argv[1],""))' "$2"
+		python3 -c 'import json,sys; print(json.load(sys.stdin).get(sys.argv[1],{}).get(sys.argv[2],""))' "$2" "$3"
 }
+# rstat BACKING KEY: a field of .replica
+rstat() { status_field "$1" replica "$2"; }
 # fresh BACKING T0 PYEXPR: whether the replica status, read after the
 # daemon looked at the journal later than T0, satisfies PYEXPR (over r)
 fresh() {
