@@ -128,6 +128,14 @@ for fault in "mode=reset count=4" "mode=500 count=4" "mode=503 count=4" "mode=tr
 		matches_mount "$M" "f$seed"
 done
 : >"$CTL"
+# a multipart upload (a 12 MB piece in 5 MiB parts) hit by resets: aborted, retried whole
+parts0=$(grep -c "partNumber=" "$T/proxy.log")
+echo "mode=reset count=3" >"$CTL"
+head -c 12000000 /dev/urandom >"$M/after-snapshot/big-under-faults"
+check "a multipart upload hit by resets is retried and the replica restores to the mount" \
+	matches_mount "$M" fmp
+: >"$CTL"
+check "parts went up after the resets" [ "$(grep -c "partNumber=" "$T/proxy.log")" -gt "$parts0" ]
 check "retries were counted" [ "$(rstat "$B" retries)" -gt 0 ]
 $LOAD "$M/after-snapshot" 120 30 >/dev/null
 check "restore @now from s3:// after the faults equals the mount" pitr_matches "$M" p2
