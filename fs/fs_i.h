@@ -71,6 +71,7 @@ struct drfs_fs {
 	 */
 	pthread_rwlock_t freeze;
 	int snapshot_hold;         /* journal hold id for the next snapshot, or -1 */
+	struct furing *uring;      /* requests over io_uring (uring.c), or NULL */
 };
 
 /* inode.c */
@@ -192,5 +193,23 @@ uint64_t pending_min(void *arg);
 
 /* The FUSE operation table (ops.c). */
 extern const struct fuse_lowlevel_ops drfs_ops;
+
+/* uring.c: FUSE requests over io_uring */
+/*
+ * Before the mount (the kernel offers the transport in INIT only when its
+ * fuse module allows it then): decides, unless cfg.fuse_uring is off, and
+ * allows it in the module when it may.  0 or -errno.
+ */
+int furing_setup(struct drfs_fs *fs);
+/*
+ * After the mount, before serving: puts the session on custom I/O, so that
+ * the INIT reply can ask for the transport; the ring threads start once
+ * INIT is answered.  0 or -errno.
+ */
+int furing_attach(struct drfs_fs *fs);
+/* Joins the ring threads (they end when the session does) and frees it all. */
+void furing_stop(struct drfs_fs *fs);
+/* Whether requests go over io_uring; *ENTRIES (if not NULL): entries registered. */
+bool furing_active(struct drfs_fs *fs, int *entries);
 
 #endif /* DRFS_FS_I_H */

@@ -137,6 +137,9 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 		log_error("cannot set up the FUSE session (options: %s)", opts);
 		goto out_args;
 	}
+	ret = furing_setup(fs);
+	if (ret)
+		goto out_session;
 	if (fuse_session_mount(fs->se, cfg->mountpoint)) {
 		ret = -EIO;
 		log_error("cannot mount on %s; check that /dev/fuse exists and the fuse module is loaded",
@@ -145,12 +148,20 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 	}
 	fs->mounted = true;
 	tune_bdi(cfg->mountpoint);
+	ret = furing_attach(fs);
+	if (ret) {
+		log_error("cannot set up the FUSE transport: %s", strerror(-ret));
+		fuse_session_unmount(fs->se);
+		fs->mounted = false;
+		goto out_session;
+	}
 	fuse_opt_free_args(&args);
 	free(opts);
 	*out = fs;
 	return 0;
 
 out_session:
+	furing_stop(fs);
 	fuse_session_destroy(fs->se);
 out_args:
 	fuse_opt_free_args(&args);
@@ -279,6 +290,7 @@ int fs_serve(struct drfs_fs *fs)
 	}
 	for (unsigned int i = 0; i < started; i++)
 		pthread_join(threads[i], NULL);
+	furing_stop(fs);
 	/*
 	 * The last worker's wake-up may still be pending; unblocked, its default
 	 * action would end the process before it finishes.  Take it first.
@@ -303,6 +315,7 @@ void fs_close(struct drfs_fs *fs)
 		return;
 	if (fs->mounted)
 		fuse_session_unmount(fs->se);
+	furing_stop(fs);
 	fuse_session_destroy(fs->se);
 	pending_stop(fs);
 	if (fs->journal && journal_close(fs->journal))

@@ -1,0 +1,428 @@
+/*
+ * uring.c - FUSE requests over io_uring (Linux 6.14+, fuse.enable_uring).
+ *
+ * Over /dev/fuse, any idle worker takes a request, so on a small machine a
+ * request and its reply each wake a thread on another CPU; in a virtual
+ * machine such a wake-up costs more than the work.  Over io_uring the kernel
+ * keeps one queue per CPU and hands a request to the queue of the CPU its
+ * caller runs on; the threads serving queue Q are pinned to CPU Q, so the
+ * caller and the worker take turns on one CPU.  docs/design.md "FUSE over
+ * io_uring" has the numbers.
+ *
+ * libfuse 3.14 predates this transport, so it stays the request decoder:
+ *  - the session runs on custom I/O (fuse_session_custom_io): our read and
+ *    writev see every request and reply of the /dev/fuse path;
+ *  - the INIT reply gets FUSE_OVER_IO_URING added when the kernel offers it;
+ *  - then each ring thread registers one entry: a header buffer and a payload
+ *    buffer.  A request arrives split in three (in header, per-operation
+ *    header, payload); it is put back together in front of the payload, in
+ *    the layout /dev/fuse gives, and passed to fuse_session_process_buf();
+ *  - the reply comes back through our writev on the same thread: it is
+ *    copied into the entry (a READ served straight into the payload buffer
+ *    is not copied) and committed with the fetch of the next request.
+ * FORGET and INTERRUPT still come over /dev/fuse, served by the workers.
+ * When registration fails the kernel falls back to /dev/fuse by itself.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <linux/fuse.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "../common/common.h"
+#include "fs_i.h"
+
+/* The kernel's interface (include/uapi/linux/fuse.h, 7.42); older headers lack it. */
+#define URING_FLAG_FUSE_OVER_IO_URING (1ULL << 41)
+#define URING_HDR_IN_OUT 128
+#define URING_HDR_OP 128
+#define URING_CMD_REGISTER 1
+#define URING_CMD_COMMIT_AND_FETCH 2
+
+struct uring_ent_in_out {
+	uint64_t flags;
+	uint64_t commit_id;
+	uint32_t payload_sz;
+	uint32_t padding;
+	uint64_t reserved;
+};
+
+struct uring_req_header {
+	char in_out[URING_HDR_IN_OUT];
+	char op_in[URING_HDR_OP];
+	struct uring_ent_in_out ent;
+};
+
+struct uring_cmd_req {
+	uint64_t flags;
+	uint64_t commit_id;
+	uint16_t qid;
+	uint8_t padding[6];
+};
+
+_Static_assert(sizeof(struct uring_req_header) == 288, "fuse_uring_req_header");
+_Static_assert(sizeof(struct uring_cmd_req) == 24, "fuse_uring_cmd_req");
+
+#define ENABLE_PARAM "/sys/module/fuse/parameters/enable_uring"
+/* Room in front of the payload for the in header and the largest per-operation header. */
+#define FRONT (sizeof(struct fuse_in_header) + URING_HDR_OP + 8)
+
+struct ring_thread {
+	struct furing *fu;
+	pthread_t thread;
+	unsigned qid;
+	bool started;
+	struct io_uring ring;
+	struct uring_req_header *hdr;
+	char *base, *payload;        /* base + FRONT == payload */
+	uint64_t unique;             /* the request being served */
+	bool replied;
+};
+
+struct furing {
+	struct drfs_fs *fs;
+	int fd;                      /* /dev/fuse */
+	bool want;                   /* ask for the ring at INIT */
+	bool on;                     /* INIT reply asked for it */
+	uint64_t init_unique;
+	uint64_t init_flags;         /* what the kernel offered (flags | flags2 << 32) */
+	size_t payload_size;
+	unsigned per_queue, nqueues, nthreads;
+	struct ring_thread *threads;
+	pthread_mutex_t lock;
+	int registered, failed;      /* entries; under lock */
+};
+
+static __thread struct ring_thread *self;
+
+static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
+{
+	struct furing *fu = ((struct drfs_fs *)userdata)->uring;
+	ssize_t n = read(fd, buf, len);
+
+	if (n >= (ssize_t)(sizeof(struct fuse_in_header) + sizeof(struct fuse_init_in))) {
+		const struct fuse_in_header *in = buf;
+
+		if (in->opcode == FUSE_INIT) {
+			const struct fuse_init_in *ii = (const void *)(in + 1);
+			uint64_t flags = ii->flags;
+
+			/* flags2 exists from 7.36 on, announced by FUSE_INIT_EXT */
+			if ((flags & FUSE_INIT_EXT) &&
+			    n >= (ssize_t)(sizeof(*in) + offsetof(struct fuse_init_in, flags2) + 4))
+				flags |= (uint64_t)ii->flags2 << 32;
+			fu->init_unique = in->unique;
+			fu->init_flags = flags;
+		}
+	}
+	return n;
+}
+
+static void start_threads(struct furing *fu, const struct fuse_init_out *out);
+
+static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
+{
+	struct furing *fu = ((struct drfs_fs *)userdata)->uring;
+	struct fuse_out_header *oh = iov[0].iov_base;
+	struct ring_thread *t = self;
+	ssize_t n;
+
+	if (t && oh->unique == t->unique && !t->replied) {
+		size_t off = 0;
+
+		for (int i = 1; i < count; i++) {
+			if (iov[i].iov_len > fu->payload_size - off)
+				return -1;   /* larger than the kernel allows: cannot happen */
+			if (iov[i].iov_base != t->payload + off)
+				memmove(t->payload + off, iov[i].iov_base, iov[i].iov_len);
+			off += iov[i].iov_len;
+		}
+		memcpy(t->hdr->in_out, oh, sizeof(*oh));
+		t->hdr->ent.payload_sz = (uint32_t)off;
+		t->replied = true;
+		return (ssize_t)(sizeof(*oh) + off);
+	}
+	if (oh->unique && oh->unique == fu->init_unique && fu->want && count == 2 &&
+	    iov[1].iov_len >= offsetof(struct fuse_init_out, flags2) + 4 && oh->error == 0 &&
+	    (fu->init_flags & URING_FLAG_FUSE_OVER_IO_URING)) {
+		struct fuse_init_out *out = iov[1].iov_base;
+
+		out->flags |= FUSE_INIT_EXT;
+		out->flags2 |= (uint32_t)(URING_FLAG_FUSE_OVER_IO_URING >> 32);
+		n = writev(fd, iov, count);
+		if (n >= 0) {
+			fu->on = true;
+			start_threads(fu, out);
+		}
+		return n;
+	}
+	return writev(fd, iov, count);
+}
+
+/* Queues the command OP for T's entry (REGISTER or COMMIT_AND_FETCH of T->unique). */
+static int queue_cmd(struct ring_thread *t, uint32_t op, struct iovec *iov)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&t->ring);
+	struct uring_cmd_req *req;
+
+	if (!sqe)
+		return -EBUSY;
+	memset(sqe, 0, 128);
+	sqe->opcode = IORING_OP_URING_CMD;
+	sqe->fd = t->fu->fd;
+	sqe->cmd_op = op;
+	if (iov) {
+		sqe->addr = (uint64_t)(uintptr_t)iov;
+		sqe->len = 2;
+	}
+	req = (struct uring_cmd_req *)sqe->cmd;
+	req->qid = (uint16_t)t->qid;
+	req->commit_id = op == URING_CMD_COMMIT_AND_FETCH ? t->unique : 0;
+	return 0;
+}
+
+static void note_registered(struct furing *fu, bool ok)
+{
+	pthread_mutex_lock(&fu->lock);
+	if (ok)
+		fu->registered++;
+	else
+		fu->failed++;
+	pthread_mutex_unlock(&fu->lock);
+}
+
+static void *ring_main(void *arg)
+{
+	struct ring_thread *t = arg;
+	struct furing *fu = t->fu;
+	struct fuse_session *se = fu->fs->se;
+	struct iovec iov[2] = { { t->hdr, sizeof(*t->hdr) }, { t->payload, fu->payload_size } };
+	struct io_uring_cqe *cqe;
+	bool first = true;
+	cpu_set_t cpus;
+	int ret;
+
+	self = t;
+	CPU_ZERO(&cpus);
+	CPU_SET(t->qid, &cpus);
+	/* best effort: a CPU outside our set still gets its queue served */
+	pthread_setaffinity_np(pthread_self(), sizeof(cpus), &cpus);
+	ret = queue_cmd(t, URING_CMD_REGISTER, iov);
+	while (!ret) {
+		struct __kernel_timespec tick = { .tv_sec = 1 };
+
+		ret = io_uring_submit(&t->ring);
+		if (ret < 0)
+			break;
+		do
+			ret = io_uring_wait_cqe_timeout(&t->ring, &cqe, &tick);
+		while ((ret == -ETIME || ret == -EINTR) && !fuse_session_exited(se));
+		if (ret < 0)
+			break;
+		ret = cqe->res;
+		io_uring_cqe_seen(&t->ring, cqe);
+		if (first) {
+			/* the answer to REGISTER comes with the first request */
+			note_registered(fu, ret == 0);
+			if (ret)
+				log_warn("FUSE over io_uring: registering queue %u failed: %s; "
+					 "requests go through /dev/fuse", t->qid, strerror(-ret));
+			first = false;
+		}
+		if (ret)
+			break;
+
+		const struct fuse_in_header *in = (const void *)t->hdr->in_out;
+		uint32_t payload = t->hdr->ent.payload_sz;
+		size_t op_len;
+
+		if (in->len < sizeof(*in) + payload || in->len - sizeof(*in) - payload > URING_HDR_OP ||
+		    payload > fu->payload_size) {
+			log_error("FUSE over io_uring: a request of %u bytes does not fit its entry", in->len);
+			break;
+		}
+		op_len = in->len - sizeof(*in) - payload;
+		char *front = t->payload - op_len - sizeof(*in);
+		struct fuse_buf buf = { .mem = front, .size = in->len };
+
+		memcpy(front, in, sizeof(*in));
+		memcpy(front + sizeof(*in), t->hdr->op_in, op_len);
+		t->unique = in->unique;
+		t->replied = false;
+		fuse_session_process_buf(se, &buf);
+		if (!t->replied) {
+			log_error("FUSE over io_uring: request %llu (opcode %u) got no reply",
+				  (unsigned long long)in->unique, in->opcode);
+			break;
+		}
+		ret = queue_cmd(t, URING_CMD_COMMIT_AND_FETCH, NULL);
+	}
+	self = NULL;
+	return NULL;
+}
+
+static void start_threads(struct furing *fu, const struct fuse_init_out *out)
+{
+	size_t max_write = out->max_write, pages = (size_t)out->max_pages * 4096;
+	long psz = sysconf(_SC_PAGESIZE);
+
+	if (psz > 0)
+		pages = (size_t)out->max_pages * (size_t)psz;
+	fu->payload_size = max_write > pages ? max_write : pages;
+	if (fu->payload_size < 8192)
+		fu->payload_size = 8192;
+	fu->nthreads = fu->nqueues * fu->per_queue;
+	fu->threads = calloc(fu->nthreads, sizeof(*fu->threads));
+	for (unsigned i = 0; fu->threads && i < fu->nthreads; i++) {
+		struct ring_thread *t = &fu->threads[i];
+		struct io_uring_params p = { .flags = IORING_SETUP_SQE128 };
+
+		t->fu = fu;
+		t->qid = i % fu->nqueues;
+		t->hdr = aligned_alloc(64, sizeof(*t->hdr));
+		t->base = aligned_alloc(4096, FRONT + fu->payload_size + 4096);
+		if (!t->hdr || !t->base || io_uring_queue_init_params(4, &t->ring, &p) < 0) {
+			free(t->hdr);
+			free(t->base);
+			t->hdr = NULL;
+			t->base = NULL;
+			note_registered(fu, false);
+			continue;
+		}
+		/* the payload starts on a page: a READ into it is page-aligned */
+		t->payload = t->base + 4096;
+		if (pthread_create(&t->thread, NULL, ring_main, t)) {
+			io_uring_queue_exit(&t->ring);
+			note_registered(fu, false);
+			continue;
+		}
+		t->started = true;
+	}
+}
+
+/* Number of possible CPUs: the kernel keeps a queue for each. */
+static unsigned possible_cpus(void)
+{
+	FILE *f = fopen("/sys/devices/system/cpu/possible", "re");
+	unsigned lo, hi, n = 0;
+	char sep;
+
+	if (!f)
+		return 0;
+	/* "0-3" or "0" or "0-1,4-5": count every range */
+	while (fscanf(f, "%u", &lo) == 1) {
+		hi = lo;
+		if (fscanf(f, "%c", &sep) == 1 && sep == '-') {
+			if (fscanf(f, "%u", &hi) != 1)
+				break;
+			if (fscanf(f, "%c", &sep) != 1)
+				sep = '\n';
+		}
+		n = hi + 1 > n ? hi + 1 : n;
+		if (sep != ',')
+			break;
+	}
+	fclose(f);
+	return n;
+}
+
+/* Whether the fuse module lets servers use io_uring; turns it on when MAY. */
+static bool kernel_allows(bool may)
+{
+	char v = 'N';
+	int fd = open(ENABLE_PARAM, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return false;
+	if (read(fd, &v, 1) != 1)
+		v = 'N';
+	close(fd);
+	if (v == 'Y' || v == '1')
+		return true;
+	if (!may)
+		return false;
+	fd = open(ENABLE_PARAM, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	bool ok = write(fd, "Y", 1) == 1;
+	close(fd);
+	if (ok)
+		log_info("turned on FUSE over io_uring for this kernel (%s)", ENABLE_PARAM);
+	return ok;
+}
+
+int furing_setup(struct drfs_fs *fs)
+{
+	struct furing *fu;
+	int mode = fs->cfg.fuse_uring;
+
+	if (mode == FS_URING_OFF)
+		return 0;
+	fu = calloc(1, sizeof(*fu));
+	if (!fu)
+		return -ENOMEM;
+	pthread_mutex_init(&fu->lock, NULL);
+	fu->fs = fs;
+	fu->fd = -1;
+	fu->nqueues = possible_cpus();
+	fu->per_queue = fs->cfg.uring_threads ? fs->cfg.uring_threads : 4;
+	fu->want = fu->nqueues > 0 && fu->nqueues <= 1024 && kernel_allows(true);
+	if (!fu->want && mode == FS_URING_ON)
+		log_warn("FUSE over io_uring is not available here (needs Linux 6.14+ with %s); "
+			 "requests go through /dev/fuse", ENABLE_PARAM);
+	fs->uring = fu;
+	return 0;
+}
+
+int furing_attach(struct drfs_fs *fs)
+{
+	static const struct fuse_custom_io io = { .read = io_read, .writev = io_writev };
+	struct furing *fu = fs->uring;
+
+	if (!fu)
+		return 0;
+	fu->fd = fuse_session_fd(fs->se);
+	return fuse_session_custom_io(fs->se, &io, fu->fd) ? -EINVAL : 0;
+}
+
+void furing_stop(struct drfs_fs *fs)
+{
+	struct furing *fu = fs->uring;
+
+	if (!fu)
+		return;
+	for (unsigned i = 0; fu->threads && i < fu->nthreads; i++) {
+		struct ring_thread *t = &fu->threads[i];
+
+		if (t->started) {
+			pthread_join(t->thread, NULL);
+			io_uring_queue_exit(&t->ring);
+		}
+		free(t->hdr);
+		free(t->base);
+	}
+	free(fu->threads);
+	pthread_mutex_destroy(&fu->lock);
+	free(fu);
+	fs->uring = NULL;
+}
+
+bool furing_active(struct drfs_fs *fs, int *entries)
+{
+	struct furing *fu = fs->uring;
+	bool on;
+
+	if (!fu)
+		return false;
+	pthread_mutex_lock(&fu->lock);
+	on = fu->on && fu->registered > 0 && fu->failed == 0;
+	if (entries)
+		*entries = fu->registered;
+	pthread_mutex_unlock(&fu->lock);
+	return on;
+}
