@@ -202,11 +202,16 @@ extern const struct fuse_lowlevel_ops drfs_ops;
  */
 int furing_setup(struct drfs_fs *fs);
 /*
- * After the mount, before serving: puts the session on custom I/O, so that
- * the INIT reply can ask for the transport; the ring threads start once
- * INIT is answered.  0 or -errno.
+ * After the mount: puts the session on custom I/O, so that the INIT reply
+ * can ask for the transport.  0 or -errno.
  */
 int furing_attach(struct drfs_fs *fs);
+/*
+ * In the serving process, before INIT is answered: starts the ring threads
+ * (they register once INIT has asked for io_uring); on failure INIT does not
+ * ask.
+ */
+void furing_start(struct drfs_fs *fs);
 /* Joins the ring threads (they end when the session does) and frees it all. */
 void furing_stop(struct drfs_fs *fs);
 /* Whether requests go over io_uring; *ENTRIES (if not NULL): entries registered. */

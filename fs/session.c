@@ -260,6 +260,7 @@ int fs_serve(struct drfs_fs *fs)
 			return ret;
 		}
 	}
+	furing_start(fs);
 	for (; started < n; started++) {
 		pthread_mutex_lock(&pool.lock);
 		pool.running++;

@@ -69,14 +69,12 @@ _Static_assert(sizeof(struct uring_req_header) == 288, "fuse_uring_req_header");
 _Static_assert(sizeof(struct uring_cmd_req) == 24, "fuse_uring_cmd_req");
 
 #define ENABLE_PARAM "/sys/module/fuse/parameters/enable_uring"
-/* Room in front of the payload for the in header and the largest per-operation header. */
-#define FRONT (sizeof(struct fuse_in_header) + URING_HDR_OP + 8)
 
 struct ring_thread {
 	struct furing *fu;
 	pthread_t thread;
 	unsigned qid;
-	bool started;
+	bool started, ring_ok;
 	struct io_uring ring;
 	struct uring_req_header *hdr;
 	char *base, *payload;        /* base + FRONT == payload */
@@ -91,12 +89,17 @@ struct furing {
 	bool on;                     /* INIT reply asked for it */
 	uint64_t init_unique;
 	uint64_t init_flags;         /* what the kernel offered (flags | flags2 << 32) */
-	size_t payload_size;
+	size_t payload_size;         /* what each entry's payload buffer holds */
 	unsigned per_queue, nqueues, nthreads;
 	struct ring_thread *threads;
 	pthread_mutex_t lock;
-	int registered, failed;      /* entries; under lock */
+	pthread_cond_t go;
+	enum { WAIT, GO, QUIT } state; /* set once INIT is answered; under lock */
+	unsigned registered, failed; /* entries; under lock */
 };
+
+/* Payload buffer: the largest request or reply (max_write and max_pages are 1 MiB). */
+#define PAYLOAD_SIZE ((size_t)1 << 20)
 
 static __thread struct ring_thread *self;
 
@@ -123,7 +126,16 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 	return n;
 }
 
-static void start_threads(struct furing *fu, const struct fuse_init_out *out);
+static void release_threads(struct furing *fu, const struct fuse_init_out *out, bool on);
+
+/* Whether the kernel's largest payload (max_write, max_pages) fits an entry. */
+static bool payload_fits(const struct fuse_init_out *out)
+{
+	long psz = sysconf(_SC_PAGESIZE);
+	size_t pages = (size_t)out->max_pages * (size_t)(psz > 0 ? psz : 4096);
+
+	return out->max_write <= PAYLOAD_SIZE && pages <= PAYLOAD_SIZE;
+}
 
 static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
@@ -147,18 +159,18 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 		t->replied = true;
 		return (ssize_t)(sizeof(*oh) + off);
 	}
-	if (oh->unique && oh->unique == fu->init_unique && fu->want && count == 2 &&
-	    iov[1].iov_len >= offsetof(struct fuse_init_out, flags2) + 4 && oh->error == 0 &&
-	    (fu->init_flags & URING_FLAG_FUSE_OVER_IO_URING)) {
-		struct fuse_init_out *out = iov[1].iov_base;
+	if (oh->unique && oh->unique == fu->init_unique && fu->want) {
+		struct fuse_init_out *out = count == 2 ? iov[1].iov_base : NULL;
+		bool on = out && oh->error == 0 &&
+			  iov[1].iov_len >= offsetof(struct fuse_init_out, flags2) + 4 &&
+			  (fu->init_flags & URING_FLAG_FUSE_OVER_IO_URING) && payload_fits(out);
 
-		out->flags |= FUSE_INIT_EXT;
-		out->flags2 |= (uint32_t)(URING_FLAG_FUSE_OVER_IO_URING >> 32);
-		n = writev(fd, iov, count);
-		if (n >= 0) {
-			fu->on = true;
-			start_threads(fu, out);
+		if (on) {
+			out->flags |= FUSE_INIT_EXT;
+			out->flags2 |= (uint32_t)(URING_FLAG_FUSE_OVER_IO_URING >> 32);
 		}
+		n = writev(fd, iov, count);
+		release_threads(fu, out, on && n >= 0);
 		return n;
 	}
 	return writev(fd, iov, count);
@@ -186,13 +198,15 @@ static int queue_cmd(struct ring_thread *t, uint32_t op, struct iovec *iov)
 	return 0;
 }
 
-static void note_registered(struct furing *fu, bool ok)
+static void note_registered(struct furing *fu, int err)
 {
 	pthread_mutex_lock(&fu->lock);
-	if (ok)
-		fu->registered++;
-	else
-		fu->failed++;
+	if (err && !fu->failed++)
+		log_warn("FUSE over io_uring: the kernel refused a queue entry (%s); "
+			 "requests go through /dev/fuse", strerror(-err));
+	if (!err && ++fu->registered == fu->nthreads)
+		log_info("requests over io_uring: %u queues (one per CPU), %u threads each",
+			 fu->nqueues, fu->per_queue);
 	pthread_mutex_unlock(&fu->lock);
 }
 
@@ -203,7 +217,6 @@ static void *ring_main(void *arg)
 	struct fuse_session *se = fu->fs->se;
 	struct iovec iov[2] = { { t->hdr, sizeof(*t->hdr) }, { t->payload, fu->payload_size } };
 	struct io_uring_cqe *cqe;
-	bool first = true;
 	cpu_set_t cpus;
 	int ret;
 
@@ -212,12 +225,33 @@ static void *ring_main(void *arg)
 	CPU_SET(t->qid, &cpus);
 	/* best effort: a CPU outside our set still gets its queue served */
 	pthread_setaffinity_np(pthread_self(), sizeof(cpus), &cpus);
-	ret = queue_cmd(t, URING_CMD_REGISTER, iov);
+	pthread_mutex_lock(&fu->lock);
+	while (fu->state == WAIT)
+		pthread_cond_wait(&fu->go, &fu->lock);
+	ret = fu->state == GO ? 0 : -ECANCELED;
+	pthread_mutex_unlock(&fu->lock);
+	if (!ret)
+		ret = queue_cmd(t, URING_CMD_REGISTER, iov);
+	if (!ret) {
+		/*
+		 * The kernel answers a REGISTER it refuses at once; one it takes
+		 * completes with the entry's first request.
+		 */
+		ret = io_uring_submit(&t->ring);
+		if (ret >= 0) {
+			ret = 0;
+			if (io_uring_peek_cqe(&t->ring, &cqe) == 0 && cqe->res < 0) {
+				ret = cqe->res;
+				io_uring_cqe_seen(&t->ring, cqe);
+			}
+		}
+		note_registered(fu, ret);
+	}
 	while (!ret) {
 		struct __kernel_timespec tick = { .tv_sec = 1 };
 
-		ret = io_uring_submit(&t->ring);
-		if (ret < 0)
+		/* the commit of the previous request, if any, goes with the wait */
+		if ((ret = io_uring_submit(&t->ring)) < 0)
 			break;
 		do
 			ret = io_uring_wait_cqe_timeout(&t->ring, &cqe, &tick);
@@ -226,39 +260,38 @@ static void *ring_main(void *arg)
 			break;
 		ret = cqe->res;
 		io_uring_cqe_seen(&t->ring, cqe);
-		if (first) {
-			/* the answer to REGISTER comes with the first request */
-			note_registered(fu, ret == 0);
-			if (ret)
-				log_warn("FUSE over io_uring: registering queue %u failed: %s; "
-					 "requests go through /dev/fuse", t->qid, strerror(-ret));
-			first = false;
-		}
 		if (ret)
-			break;
+			break;   /* -ENOTCONN: unmounted */
 
 		const struct fuse_in_header *in = (const void *)t->hdr->in_out;
 		uint32_t payload = t->hdr->ent.payload_sz;
 		size_t op_len;
 
-		if (in->len < sizeof(*in) + payload || in->len - sizeof(*in) - payload > URING_HDR_OP ||
-		    payload > fu->payload_size) {
-			log_error("FUSE over io_uring: a request of %u bytes does not fit its entry", in->len);
-			break;
-		}
-		op_len = in->len - sizeof(*in) - payload;
-		char *front = t->payload - op_len - sizeof(*in);
-		struct fuse_buf buf = { .mem = front, .size = in->len };
-
-		memcpy(front, in, sizeof(*in));
-		memcpy(front + sizeof(*in), t->hdr->op_in, op_len);
 		t->unique = in->unique;
 		t->replied = false;
-		fuse_session_process_buf(se, &buf);
+		if (in->len < sizeof(*in) + payload || in->len - sizeof(*in) - payload > URING_HDR_OP ||
+		    payload > fu->payload_size) {
+			log_error("FUSE over io_uring: request %llu of %u bytes does not fit its entry",
+				  (unsigned long long)in->unique, in->len);
+		} else {
+			op_len = in->len - sizeof(*in) - payload;
+			char *front = t->payload - op_len - sizeof(*in);
+			struct fuse_buf buf = { .mem = front, .size = in->len };
+			uint32_t opcode = in->opcode;
+
+			memcpy(front, in, sizeof(*in));
+			memcpy(front + sizeof(*in), t->hdr->op_in, op_len);
+			fuse_session_process_buf(se, &buf);
+			if (!t->replied)
+				log_error("FUSE over io_uring: request %llu (opcode %u) got no reply",
+					  (unsigned long long)t->unique, opcode);
+		}
 		if (!t->replied) {
-			log_error("FUSE over io_uring: request %llu (opcode %u) got no reply",
-				  (unsigned long long)in->unique, in->opcode);
-			break;
+			/* the caller must not wait forever: it gets EIO */
+			struct fuse_out_header oh = { .len = sizeof(oh), .error = -EIO, .unique = t->unique };
+
+			memcpy(t->hdr->in_out, &oh, sizeof(oh));
+			t->hdr->ent.payload_sz = 0;
 		}
 		ret = queue_cmd(t, URING_CMD_COMMIT_AND_FETCH, NULL);
 	}
@@ -266,43 +299,51 @@ static void *ring_main(void *arg)
 	return NULL;
 }
 
-static void start_threads(struct furing *fu, const struct fuse_init_out *out)
+static void release_threads(struct furing *fu, const struct fuse_init_out *out, bool on)
 {
-	size_t max_write = out->max_write, pages = (size_t)out->max_pages * 4096;
-	long psz = sysconf(_SC_PAGESIZE);
+	(void)out;
+	pthread_mutex_lock(&fu->lock);
+	fu->on = on;
+	fu->state = on ? GO : QUIT;
+	pthread_cond_broadcast(&fu->go);
+	pthread_mutex_unlock(&fu->lock);
+}
 
-	if (psz > 0)
-		pages = (size_t)out->max_pages * (size_t)psz;
-	fu->payload_size = max_write > pages ? max_write : pages;
-	if (fu->payload_size < 8192)
-		fu->payload_size = 8192;
+/*
+ * Everything a ring thread needs is made before INIT is answered: once the
+ * reply asks for io_uring the kernel holds every request until each queue
+ * has an entry, so nothing may fail after it but the registration itself
+ * (which the kernel answers by falling back to /dev/fuse).
+ */
+static int create_threads(struct furing *fu)
+{
+	fu->payload_size = PAYLOAD_SIZE;
 	fu->nthreads = fu->nqueues * fu->per_queue;
 	fu->threads = calloc(fu->nthreads, sizeof(*fu->threads));
-	for (unsigned i = 0; fu->threads && i < fu->nthreads; i++) {
+	if (!fu->threads)
+		return -ENOMEM;
+	for (unsigned i = 0; i < fu->nthreads; i++) {
 		struct ring_thread *t = &fu->threads[i];
 		struct io_uring_params p = { .flags = IORING_SETUP_SQE128 };
+		int ret;
 
 		t->fu = fu;
 		t->qid = i % fu->nqueues;
 		t->hdr = aligned_alloc(64, sizeof(*t->hdr));
-		t->base = aligned_alloc(4096, FRONT + fu->payload_size + 4096);
-		if (!t->hdr || !t->base || io_uring_queue_init_params(4, &t->ring, &p) < 0) {
-			free(t->hdr);
-			free(t->base);
-			t->hdr = NULL;
-			t->base = NULL;
-			note_registered(fu, false);
-			continue;
-		}
-		/* the payload starts on a page: a READ into it is page-aligned */
+		/* the payload starts on a page, the request's headers just before it */
+		t->base = aligned_alloc(4096, 4096 + fu->payload_size);
+		if (!t->hdr || !t->base)
+			return -ENOMEM;
 		t->payload = t->base + 4096;
-		if (pthread_create(&t->thread, NULL, ring_main, t)) {
-			io_uring_queue_exit(&t->ring);
-			note_registered(fu, false);
-			continue;
-		}
+		ret = io_uring_queue_init_params(4, &t->ring, &p);
+		if (ret < 0)
+			return ret;
+		t->ring_ok = true;
+		if (pthread_create(&t->thread, NULL, ring_main, t))
+			return -EAGAIN;
 		t->started = true;
 	}
+	return 0;
 }
 
 /* Number of possible CPUs: the kernel keeps a queue for each. */
@@ -367,10 +408,14 @@ int furing_setup(struct drfs_fs *fs)
 	if (!fu)
 		return -ENOMEM;
 	pthread_mutex_init(&fu->lock, NULL);
+	pthread_cond_init(&fu->go, NULL);
 	fu->fs = fs;
 	fu->fd = -1;
 	fu->nqueues = possible_cpus();
-	fu->per_queue = fs->cfg.uring_threads ? fs->cfg.uring_threads : 4;
+	/* as many threads as the /dev/fuse pool, spread over the queues */
+	fu->per_queue = (fs->cfg.max_threads ? fs->cfg.max_threads : 16) / (fu->nqueues ? fu->nqueues : 1);
+	if (fu->per_queue < 2)
+		fu->per_queue = 2;
 	fu->want = fu->nqueues > 0 && fu->nqueues <= 1024 && kernel_allows(true);
 	if (!fu->want && mode == FS_URING_ON)
 		log_warn("FUSE over io_uring is not available here (needs Linux 6.14+ with %s); "
@@ -384,10 +429,27 @@ int furing_attach(struct drfs_fs *fs)
 	static const struct fuse_custom_io io = { .read = io_read, .writev = io_writev };
 	struct furing *fu = fs->uring;
 
+
 	if (!fu)
 		return 0;
 	fu->fd = fuse_session_fd(fs->se);
 	return fuse_session_custom_io(fs->se, &io, fu->fd) ? -EINVAL : 0;
+}
+
+void furing_start(struct drfs_fs *fs)
+{
+	struct furing *fu = fs->uring;
+	int ret;
+
+	if (!fu || !fu->want)
+		return;
+	ret = create_threads(fu);
+	if (ret < 0) {
+		log_warn("FUSE over io_uring: cannot set up the ring threads (%s); "
+			 "requests go through /dev/fuse", strerror(-ret));
+		fu->want = false;
+		release_threads(fu, NULL, false);
+	}
 }
 
 void furing_stop(struct drfs_fs *fs)
@@ -396,17 +458,25 @@ void furing_stop(struct drfs_fs *fs)
 
 	if (!fu)
 		return;
+	/* never served (INIT not answered): the threads still wait for it */
+	pthread_mutex_lock(&fu->lock);
+	if (fu->state == WAIT) {
+		fu->state = QUIT;
+		pthread_cond_broadcast(&fu->go);
+	}
+	pthread_mutex_unlock(&fu->lock);
 	for (unsigned i = 0; fu->threads && i < fu->nthreads; i++) {
 		struct ring_thread *t = &fu->threads[i];
 
-		if (t->started) {
+		if (t->started)
 			pthread_join(t->thread, NULL);
+		if (t->ring_ok)
 			io_uring_queue_exit(&t->ring);
-		}
 		free(t->hdr);
 		free(t->base);
 	}
 	free(fu->threads);
+	pthread_cond_destroy(&fu->go);
 	pthread_mutex_destroy(&fu->lock);
 	free(fu);
 	fs->uring = NULL;

@@ -50,6 +50,10 @@ static const char mount_usage[] =
 	"                       the usual mount flags\n"
 	"  -o source=DIR        the backing directory (when BACKING is only a name)\n"
 	"  -o max_threads=N     FUSE worker threads (default 16)\n"
+	"  -o fuse_uring=auto|on|off\n"
+	"                       take requests over io_uring, one queue per CPU (Linux\n"
+	"                       6.14+; auto, the default: when the kernel offers it,\n"
+	"                       turning on the fuse module's enable_uring as root)\n"
 	"  -o flush_interval=MS longest time a change waits for the journal's disk flush\n"
 	"                       when nobody asks for it (default 200)\n"
 	"  -o journal_truncate  after an unclean stop, replay up to a damaged record even\n"
@@ -112,6 +116,7 @@ struct mount_opts {
 	char after[256];     /* flags libfuse does not take, applied by a remount after mounting */
 	char *source;        /* -o source= */
 	unsigned int max_threads;
+	int fuse_uring;      /* FS_URING_* */
 	unsigned int flush_interval;
 	bool journal_truncate;
 	bool snapshot_at_umount;  /* take a snapshot after a clean unmount (default; -o nosnapshot) */
@@ -219,6 +224,18 @@ static int parse_opts(const char *arg, struct mount_opts *o)
 				break;
 			}
 			o->max_threads = (unsigned int)n;
+		} else if (!strcmp(key, "fuse_uring") && value) {
+			if (!strcmp(value, "auto"))
+				o->fuse_uring = FS_URING_AUTO;
+			else if (!strcmp(value, "on"))
+				o->fuse_uring = FS_URING_ON;
+			else if (!strcmp(value, "off"))
+				o->fuse_uring = FS_URING_OFF;
+			else {
+				say_error("mount option fuse_uring=%s: give auto, on or off", value);
+				ret = EXIT_USAGE;
+				break;
+			}
 		} else if (!strcmp(key, "flush_interval") && value) {
 			char *end;
 			unsigned long n = strtoul(value, &end, 10);
@@ -622,6 +639,7 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	cfg.kernel_opts = o->kernel;
 	cfg.debug = o->debug;
 	cfg.max_threads = o->max_threads;
+	cfg.fuse_uring = o->fuse_uring;
 	cfg.flush_interval_ms = o->flush_interval;
 	cfg.seal_age_ms = b.journal_seal_age * 1000u;
 	cfg.journal_truncate = o->journal_truncate;
@@ -834,6 +852,8 @@ static const char *snapmount_refused(const struct mount_opts *o)
 		return "replica_bwlimit";
 	if (o->max_threads)
 		return "max_threads";
+	if (o->fuse_uring)
+		return "fuse_uring";
 	return NULL;
 }
 
