@@ -10,6 +10,7 @@
 #   env: BENCH_DIR (default /var/tmp/drfs-bench), REPS (3), SEQ_SIZE (1G)
 #        BENCH_JOBS="job ..." runs only these jobs (names as in the report, or
 #          shell patterns: BENCH_JOBS="pgbench files-*"); default: all
+#        DRFS_OPTS="opt,..." adds mount options (e.g. fuse_uring=off)
 #        BENCH_SKIP_PGBENCH=1 leaves out pgbench; PGBENCH_TIME (30 s per run),
 #          PGBENCH_PORT (54331)
 #
@@ -77,7 +78,7 @@ cc -O2 -o "$top/build/metaops" "$top/bench/metaops.c" || exit 1
 rm -rf "$dir"; mkdir -p "$dir/native" "$dir/backing" "$dir/mnt"
 "$drfs" init "$dir/backing" >/dev/null || exit 1
 # allow_other: the pgbench job's server runs as the postgres user.
-"$drfs" mount "$dir/backing" "$dir/mnt" -o allow_other || exit 1
+"$drfs" mount "$dir/backing" "$dir/mnt" -o "allow_other${DRFS_OPTS:+,$DRFS_OPTS}" || exit 1
 pid=$(sed -n 's/^pid=//p' "$dir/backing/.drfs/mount")
 pg_data=""; pg_pid=""
 pg() { runuser -u postgres -- "$@"; }

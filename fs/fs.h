@@ -7,9 +7,10 @@
  * Lifecycle: fs_open() opens the journal (replaying it after an unclean
  * stop), creates the session and mounts it (so errors are reported before a
  * caller daemonizes), fs_serve() starts the journal's threads and runs the
- * multi-threaded request loop until the filesystem is unmounted or a signal
- * arrives, and fs_close() unmounts, closes the journal cleanly and frees
- * everything.
+ * multi-threaded request loop (requests over /dev/fuse, or over io_uring
+ * with one queue per CPU: fs/uring.c) until the filesystem is unmounted or a
+ * signal arrives, and fs_close() unmounts, closes the journal cleanly and
+ * frees everything.
  */
 #ifndef DRFS_FS_H
 #define DRFS_FS_H

@@ -148,6 +148,7 @@ struct mutation {
 	const void *data;
 	size_t size;
 	bool created;           /* out: MUT_CREATE made a new file */
+	bool times_deferred;    /* out: SETATTR's times wait behind pending writes; attr has them */
 };
 
 /*
@@ -214,6 +215,11 @@ int furing_attach(struct drfs_fs *fs);
 void furing_start(struct drfs_fs *fs);
 /* Joins the ring threads (they end when the session does) and frees it all. */
 void furing_stop(struct drfs_fs *fs);
+/*
+ * On a ring thread, the buffer the current request's reply is sent from
+ * (*SIZE bytes): a reply built in it is not copied.  NULL elsewhere.
+ */
+void *furing_reply_buffer(size_t *size);
 /* Whether requests go over io_uring; *ENTRIES (if not NULL): entries registered. */
 bool furing_active(struct drfs_fs *fs, int *entries);
 

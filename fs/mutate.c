@@ -502,6 +502,12 @@ static ssize_t deferred_times(struct drfs_fs *fs, struct mutation *m)
 	ret = pending_times(fs, m->node, fd, &r);
 	if (owned)
 		close(fd);
+	if (!ret) {
+		/* the reply must show them before the backing file does */
+		m->times_deferred = true;
+		m->attr.st_atim = r.atime;
+		m->attr.st_mtim = r.mtime;
+	}
 	return ret;
 }
 

@@ -117,7 +117,9 @@ static void drfs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_d
 	fuse_reply_none(req);
 }
 
-static void reply_attr(fuse_req_t req, struct drfs_inode *in, struct fuse_file_info *fi)
+/* Replies with IN's attributes; times set by M but not yet applied (M may be NULL) shown as set. */
+static void reply_attr(fuse_req_t req, struct drfs_inode *in, struct fuse_file_info *fi,
+		       const struct mutation *m)
 {
 	struct stat st;
 	int ret;
@@ -126,10 +128,17 @@ static void reply_attr(fuse_req_t req, struct drfs_inode *in, struct fuse_file_i
 		ret = fstat((int)fi->fh, &st) < 0 ? -errno : 0;
 	else
 		ret = inode_stat(fs_of(req), in, &st);
-	if (ret)
+	if (ret) {
 		fuse_reply_err(req, -ret);
-	else
-		fuse_reply_attr(req, &st, fs_of(req)->timeout);
+		return;
+	}
+	if (m && m->times_deferred) {
+		if (m->valid & FUSE_SET_ATTR_ATIME)
+			st.st_atim = m->attr.st_atim;
+		if (m->valid & FUSE_SET_ATTR_MTIME)
+			st.st_mtim = m->attr.st_mtim;
+	}
+	fuse_reply_attr(req, &st, fs_of(req)->timeout);
 }
 
 static void drfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -141,7 +150,7 @@ static void drfs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
 	 * size and times itself (writeback cache); a lookup waits instead.
 	 */
 	if (in)
-		reply_attr(req, in, fi);
+		reply_attr(req, in, fi, NULL);
 }
 
 /* Whether the caller of REQ belongs to group GID (primary or supplementary). */
@@ -209,7 +218,7 @@ static void drfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 	if (ret)
 		fuse_reply_err(req, (int)-ret);
 	else
-		reply_attr(req, in, fi);
+		reply_attr(req, in, fi, &m);
 }
 
 static void drfs_readlink(fuse_req_t req, fuse_ino_t ino)
@@ -410,6 +419,25 @@ static void drfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		close(fd);
 }
 
+/* Up to LEN bytes at OFF, fewer only at the end of the file; the count or -errno. */
+static ssize_t read_upto(int fd, char *buf, size_t len, off_t off)
+{
+	size_t got = 0;
+
+	while (got < len) {
+		ssize_t r = pread(fd, buf + got, len - got, off + (off_t)got);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			break;
+		got += (size_t)r;
+	}
+	return (ssize_t)got;
+}
+
 static void drfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		      struct fuse_file_info *fi)
 {
@@ -420,6 +448,18 @@ static void drfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 	if (err) {
 		fuse_reply_err(req, -err);
+		return;
+	}
+	/* over io_uring: read straight into the buffer the reply goes out of */
+	size_t cap;
+	char *direct = furing_reply_buffer(&cap);
+	if (direct && size <= cap) {
+		ssize_t n = read_upto((int)fi->fh, direct, size, off);
+
+		if (n < 0)
+			fuse_reply_err(req, (int)-n);
+		else
+			fuse_reply_buf(req, direct, (size_t)n);
 		return;
 	}
 	buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;

@@ -482,6 +482,16 @@ void furing_stop(struct drfs_fs *fs)
 	fs->uring = NULL;
 }
 
+void *furing_reply_buffer(size_t *size)
+{
+	struct ring_thread *t = self;
+
+	if (!t || t->replied)
+		return NULL;
+	*size = t->fu->payload_size;
+	return t->payload;
+}
+
 bool furing_active(struct drfs_fs *fs, int *entries)
 {
 	struct furing *fu = fs->uring;

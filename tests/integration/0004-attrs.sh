@@ -76,4 +76,14 @@ check "default ACL inherited by a directory" eval "getfacl -p d/sub 2>/dev/null 
 setfacl -b f
 check "ACL removed" eval "! getfacl -p f 2>/dev/null | grep -q '^user:1234'"
 cd /
+# Times set right after a write wait in the daemon behind the write's apply;
+# the reply (what the kernel caches) must already show them.
+mkdir "$M/fresh"
+stale=0
+for i in $(seq 1 150); do
+	echo "$i" >"$M/fresh/f$i"
+	touch -a -d @1000000000.5 "$M/fresh/f$i"
+	[ "$(stat -c %.1X "$M/fresh/f$i")" = 1000000000.5 ] || stale=$((stale + 1))
+done
+check_eq "atime set just after a write shows at once (150 files)" 0 "$stale"
 finish
