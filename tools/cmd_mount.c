@@ -1082,7 +1082,15 @@ int cmd_umount(int argc, char **argv)
 	}
 	if (mount_record_for_mountpoint(mnt, &rec) < 0)
 		memset(&rec, 0, sizeof(rec));
-	if (umount2(mnt, 0) < 0) {
+	/*
+	 * A file just closed may be released a moment later (the kernel
+	 * defers some final closes): a busy mount gets a second before the
+	 * answer is that a process uses it.
+	 */
+	int uret;
+	for (int i = 0; (uret = umount2(mnt, 0)) < 0 && errno == EBUSY && i < 10; i++)
+		usleep(100000);
+	if (uret < 0) {
 		if (errno == EBUSY)
 			say_error("%s is busy: a process still uses it (see 'fuser -vm %s'); stop it and retry",
 				  mnt, mnt);
