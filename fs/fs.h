@@ -37,6 +37,7 @@ struct fs_config {
 	uint64_t journal_hold_lsn;  /* keep the journal from this LSN (snapshots, retention); UINT64_MAX: none */
 	uint64_t journal_max, journal_min_free; /* where soft journal holds give way (0: never) */
 	int fuse_uring;           /* FS_URING_*: requests over io_uring (fs/uring.c) */
+	const char *transport_path; /* gets one line: how requests reach the daemon (drfs status), or NULL */
 };
 
 /* fs_config.fuse_uring */

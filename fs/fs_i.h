@@ -213,6 +213,8 @@ int furing_attach(struct drfs_fs *fs);
  * ask.
  */
 void furing_start(struct drfs_fs *fs);
+/* Records LINE, how requests reach the daemon, for 'drfs status' (cfg.transport_path). */
+void furing_report(struct drfs_fs *fs, const char *line);
 /* Joins the ring threads (they end when the session does) and frees it all. */
 void furing_stop(struct drfs_fs *fs);
 /*

@@ -260,7 +260,10 @@ int fs_serve(struct drfs_fs *fs)
 			return ret;
 		}
 	}
-	furing_start(fs);
+	if (fs->uring)
+		furing_start(fs);
+	else
+		furing_report(fs, "/dev/fuse (fuse_uring=off)");
 	for (; started < n; started++) {
 		pthread_mutex_lock(&pool.lock);
 		pool.running++;

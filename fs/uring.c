@@ -103,6 +103,25 @@ struct furing {
 
 static __thread struct ring_thread *self;
 
+/* Writes LINE (how requests reach the daemon) where 'drfs status' reads it. */
+void furing_report(struct drfs_fs *fs, const char *line)
+{
+	const char *path = fs->cfg.transport_path;
+	char tmp[4096];
+	FILE *f;
+
+	if (!path || snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+		return;
+	f = fopen(tmp, "we");
+	if (!f)
+		return;
+	fprintf(f, "%s\n", line);
+	if (fclose(f) == 0)
+		rename(tmp, path);
+	else
+		unlink(tmp);
+}
+
 static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 {
 	struct furing *fu = ((struct drfs_fs *)userdata)->uring;
@@ -200,13 +219,21 @@ static int queue_cmd(struct ring_thread *t, uint32_t op, struct iovec *iov)
 
 static void note_registered(struct furing *fu, int err)
 {
+	char line[160];
+
 	pthread_mutex_lock(&fu->lock);
-	if (err && !fu->failed++)
+	if (err && !fu->failed++) {
 		log_warn("FUSE over io_uring: the kernel refused a queue entry (%s); "
 			 "requests go through /dev/fuse", strerror(-err));
-	if (!err && ++fu->registered == fu->nthreads)
-		log_info("requests over io_uring: %u queues (one per CPU), %u threads each",
+		snprintf(line, sizeof(line), "/dev/fuse (the kernel refused io_uring: %s)", strerror(-err));
+		furing_report(fu->fs, line);
+	}
+	if (!err && ++fu->registered == fu->nthreads && !fu->failed) {
+		snprintf(line, sizeof(line), "io_uring, %u queues (one per CPU), %u threads each",
 			 fu->nqueues, fu->per_queue);
+		log_info("requests over %s", line);
+		furing_report(fu->fs, line);
+	}
 	pthread_mutex_unlock(&fu->lock);
 }
 
@@ -302,6 +329,9 @@ static void *ring_main(void *arg)
 static void release_threads(struct furing *fu, const struct fuse_init_out *out, bool on)
 {
 	(void)out;
+	if (!on)
+		furing_report(fu->fs, "/dev/fuse (this kernel does not offer io_uring: it needs "
+				      "Linux 6.14+ and the fuse module's enable_uring)");
 	pthread_mutex_lock(&fu->lock);
 	fu->on = on;
 	fu->state = on ? GO : QUIT;

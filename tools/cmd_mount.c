@@ -445,6 +445,9 @@ static void remove_records(const struct backing *b, const char *mountpoint)
 	unlink(run);
 	journal_stats_path(mountpoint, run, sizeof(run));
 	unlink(run);
+	char transport[80];
+	snprintf(transport, sizeof(transport), "%s.transport", run);
+	unlink(transport);
 }
 
 /*
@@ -564,7 +567,7 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	struct backing b;
 	struct mount_record rec;
 	char *mnt = NULL, *lock_path = NULL, *log_path = NULL, *fstype = NULL, *journal_dir = NULL;
-	char stats[64];
+	char stats[64], transport[80];
 	int ret, lock_fd = -1, notify_fd = -1;
 
 	if (o->remount) {
@@ -632,6 +635,9 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	journal_stats_path(mnt, stats, sizeof(stats));
 	cfg.journal_dir = journal_dir;
 	cfg.journal_stats = stats;
+	snprintf(transport, sizeof(transport), "%s.transport", stats);
+	unlink(transport);   /* a previous mount's, until this one says */
+	cfg.transport_path = transport;
 	cfg.backing = b.path;
 	cfg.mountpoint = mnt;
 	/* The source shown in /proc/mounts: the name given with -o source=, else the absolute backing path. */

@@ -142,6 +142,19 @@ int cmd_status(int argc, char **argv)
 	if (ret)
 		return ret;
 	mounted = mount_record_read(b.state_dir, &rec) == 0 && pid_alive(rec.pid);
+	/* how requests reach the daemon, as it wrote it */
+	char transport[200] = "";
+	if (mounted) {
+		char tpath[96];
+		FILE *tf;
+		journal_stats_path(rec.mountpoint, tpath, sizeof(tpath) - 16);
+		strcat(tpath, ".transport");
+		if ((tf = fopen(tpath, "re"))) {
+			if (fgets(transport, sizeof(transport), tf))
+				transport[strcspn(transport, "\n")] = '\0';
+			fclose(tf);
+		}
+	}
 	if (statvfs(b.path, &sv) < 0)
 		memset(&sv, 0, sizeof(sv));
 	unsigned long long total = (unsigned long long)sv.f_blocks * sv.f_frsize;
@@ -222,6 +235,10 @@ int cmd_status(int argc, char **argv)
 		printf(",\"state_dir\":");
 		json_str(b.state_dir);
 		printf(",\"format\":%d,\"mounted\":%s", b.format, mounted ? "true" : "false");
+		if (mounted && *transport) {
+			printf(",\"requests\":");
+			json_str(transport);
+		}
 		if (mounted) {
 			printf(",\"mountpoint\":");
 			json_str(rec.mountpoint);
@@ -284,9 +301,12 @@ int cmd_status(int argc, char **argv)
 		printf("backing:     %s\n", b.path);
 		printf("state:       %s\n", b.state_dir);
 		printf("format:      %d\n", b.format);
-		if (mounted)
+		if (mounted) {
 			printf("mounted:     on %s by pid %ld since %s\n", rec.mountpoint,
 			       (long)rec.pid, rec.started ? rec.started : "?");
+			if (*transport)
+				printf("requests:    over %s\n", transport);
+		}
 		else
 			printf("mounted:     no\n");
 		printf("disk:        %.1f GiB free of %.1f GiB\n", avail / 1073741824.0,

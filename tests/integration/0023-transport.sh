@@ -22,15 +22,23 @@ for mode in auto off; do
 	chmod 755 "$M"
 	log=$B/.drfs/drfs.log
 	if [ "$mode" = auto ] && $offered; then
+		for _ in $(seq 1 50); do "$DRFS" status "$B" | grep -q '^requests: ' && break; sleep 0.1; done
 		check "$mode: requests over io_uring, one queue per CPU" \
-			grep -q "requests over io_uring: $(nproc --all) queues" "$log"
+			grep -q "requests over io_uring, $(nproc --all) queues" "$log"
 		check_eq "$mode: the fuse module allows it now" Y "$(cat "$param")"
 		pid=$(daemon_pid "$B")
 		check "$mode: the ring threads are pinned, one CPU each" \
 			[ "$(for t in /proc/"$pid"/task/*; do taskset -pc "${t##*/}"; done 2>/dev/null |
 			     grep -c 'list: [0-9]*$')" -ge "$(nproc --all)" ]
+		check "$mode: drfs status says io_uring" \
+			grep -q "^requests: *over io_uring, $(nproc --all) queues" <("$DRFS" status "$B")
+		check_eq "$mode: drfs status --json says it too" \
+			"io_uring, $(nproc --all) queues (one per CPU), 8 threads each" \
+			"$("$DRFS" status "$B" --json | python3 -c 'import json,sys; print(json.load(sys.stdin).get("requests",""))')"
 	else
 		check "$mode: requests over /dev/fuse" bash -c "! grep -q 'requests over io_uring' '$log'"
+		check "$mode: drfs status says /dev/fuse" \
+			grep -q "^requests: *over /dev/fuse" <("$DRFS" status "$B")
 	fi
 	"$FSOPS" battery "$M" 65534:65534 >"$T/mount-$mode.out" 2>&1
 	check_eq "$mode: the error-code battery gives what the native filesystem gives" \
