@@ -80,6 +80,12 @@ void kv_free(struct kv *kv);
  */
 int write_file_durable(int dirfd, const char *name, const void *data, size_t len);
 
+/*
+ * Replaces PATH with DATA for readers (PATH.tmp, then a rename), not
+ * durably: for status files others read while a daemon runs.  0 or -errno.
+ */
+int write_file_replace(const char *path, const void *data, size_t len);
+
 /* Reads a whole small file into a malloc'd NUL-terminated buffer. */
 int read_file_small(const char *path, char **out, size_t *len);
 
@@ -92,5 +98,7 @@ int write_all(int fd, const void *buf, size_t len);
 int pwrite_all(int fd, const void *buf, size_t len, off_t off);
 /* pread(2) of exactly LEN bytes at OFF; -ENODATA when the file ends first. */
 int pread_all(int fd, void *buf, size_t len, off_t off);
+/* pread(2) of up to LEN bytes at OFF, fewer only at the end of the file: the count or -errno. */
+ssize_t pread_upto(int fd, void *buf, size_t len, off_t off);
 
 #endif /* DRFS_COMMON_H */

@@ -377,21 +377,48 @@ out_unlink:
 	return ret;
 }
 
-int pread_all(int fd, void *buf, size_t len, off_t off)
+ssize_t pread_upto(int fd, void *buf, size_t len, off_t off)
 {
-	char *p = buf;
+	size_t got = 0;
 
-	while (len) {
-		ssize_t r = pread(fd, p, len, off);
+	while (got < len) {
+		ssize_t r = pread(fd, (char *)buf + got, len - got, off + (off_t)got);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
 			return -errno;
 		if (r == 0)
-			return -ENODATA;
-		p += r;
-		len -= (size_t)r;
-		off += r;
+			break;
+		got += (size_t)r;
 	}
-	return 0;
+	return (ssize_t)got;
+}
+
+int write_file_replace(const char *path, const void *data, size_t len)
+{
+	char tmp[PATH_MAX];
+	int fd, ret;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+		return -ENAMETOOLONG;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	ret = write_all(fd, data, len);
+	if (close(fd) && !ret)
+		ret = -errno;
+	if (!ret && rename(tmp, path) < 0)
+		ret = -errno;
+	if (ret)
+		unlink(tmp);
+	return ret;
+}
+
+int pread_all(int fd, void *buf, size_t len, off_t off)
+{
+	ssize_t n = pread_upto(fd, buf, len, off);
+
+	if (n < 0)
+		return (int)n;
+	return (size_t)n == len ? 0 : -ENODATA;
 }

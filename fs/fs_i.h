@@ -210,11 +210,9 @@ int furing_attach(struct drfs_fs *fs);
 /*
  * In the serving process, before INIT is answered: starts the ring threads
  * (they register once INIT has asked for io_uring); on failure INIT does not
- * ask.
+ * ask.  Without the transport (fuse_uring=off) it only says so for status.
  */
 void furing_start(struct drfs_fs *fs);
-/* Records LINE, how requests reach the daemon, for 'drfs status' (cfg.transport_path). */
-void furing_report(struct drfs_fs *fs, const char *line);
 /* Joins the ring threads (they end when the session does) and frees it all. */
 void furing_stop(struct drfs_fs *fs);
 /*
@@ -222,7 +220,5 @@ void furing_stop(struct drfs_fs *fs);
  * (*SIZE bytes): a reply built in it is not copied.  NULL elsewhere.
  */
 void *furing_reply_buffer(size_t *size);
-/* Whether requests go over io_uring; *ENTRIES (if not NULL): entries registered. */
-bool furing_active(struct drfs_fs *fs, int *entries);
 
 #endif /* DRFS_FS_I_H */

@@ -419,25 +419,6 @@ static void drfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		close(fd);
 }
 
-/* Up to LEN bytes at OFF, fewer only at the end of the file; the count or -errno. */
-static ssize_t read_upto(int fd, char *buf, size_t len, off_t off)
-{
-	size_t got = 0;
-
-	while (got < len) {
-		ssize_t r = pread(fd, buf + got, len - got, off + (off_t)got);
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		if (r == 0)
-			break;
-		got += (size_t)r;
-	}
-	return (ssize_t)got;
-}
-
 static void drfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		      struct fuse_file_info *fi)
 {
@@ -454,7 +435,7 @@ static void drfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	size_t cap;
 	char *direct = furing_reply_buffer(&cap);
 	if (direct && size <= cap) {
-		ssize_t n = read_upto((int)fi->fh, direct, size, off);
+		ssize_t n = pread_upto((int)fi->fh, direct, size, off);
 
 		if (n < 0)
 			fuse_reply_err(req, (int)-n);

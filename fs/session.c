@@ -260,10 +260,7 @@ int fs_serve(struct drfs_fs *fs)
 			return ret;
 		}
 	}
-	if (fs->uring)
-		furing_start(fs);
-	else
-		furing_report(fs, "/dev/fuse (fuse_uring=off)");
+	furing_start(fs);
 	for (; started < n; started++) {
 		pthread_mutex_lock(&pool.lock);
 		pool.running++;

@@ -77,7 +77,7 @@ struct ring_thread {
 	bool started, ring_ok;
 	struct io_uring ring;
 	struct uring_req_header *hdr;
-	char *base, *payload;        /* base + FRONT == payload */
+	char *base, *payload;        /* payload = base + 4096: room for the headers in front */
 	uint64_t unique;             /* the request being served */
 	bool replied;
 };
@@ -86,10 +86,8 @@ struct furing {
 	struct drfs_fs *fs;
 	int fd;                      /* /dev/fuse */
 	bool want;                   /* ask for the ring at INIT */
-	bool on;                     /* INIT reply asked for it */
 	uint64_t init_unique;
 	uint64_t init_flags;         /* what the kernel offered (flags | flags2 << 32) */
-	size_t payload_size;         /* what each entry's payload buffer holds */
 	unsigned per_queue, nqueues, nthreads;
 	struct ring_thread *threads;
 	pthread_mutex_t lock;
@@ -104,22 +102,13 @@ struct furing {
 static __thread struct ring_thread *self;
 
 /* Writes LINE (how requests reach the daemon) where 'drfs status' reads it. */
-void furing_report(struct drfs_fs *fs, const char *line)
+static void furing_report(struct drfs_fs *fs, const char *line)
 {
-	const char *path = fs->cfg.transport_path;
-	char tmp[4096];
-	FILE *f;
+	char text[256];
+	int n = snprintf(text, sizeof(text), "%s\n", line);
 
-	if (!path || snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
-		return;
-	f = fopen(tmp, "we");
-	if (!f)
-		return;
-	fprintf(f, "%s\n", line);
-	if (fclose(f) == 0)
-		rename(tmp, path);
-	else
-		unlink(tmp);
+	if (fs->cfg.transport_path && n > 0 && n < (int)sizeof(text))
+		write_file_replace(fs->cfg.transport_path, text, (size_t)n);
 }
 
 static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
@@ -145,7 +134,7 @@ static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 	return n;
 }
 
-static void release_threads(struct furing *fu, const struct fuse_init_out *out, bool on);
+static void release_threads(struct furing *fu, bool on);
 
 /* Whether the kernel's largest payload (max_write, max_pages) fits an entry. */
 static bool payload_fits(const struct fuse_init_out *out)
@@ -167,7 +156,7 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 		size_t off = 0;
 
 		for (int i = 1; i < count; i++) {
-			if (iov[i].iov_len > fu->payload_size - off)
+			if (iov[i].iov_len > PAYLOAD_SIZE - off)
 				return -1;   /* larger than the kernel allows: cannot happen */
 			if (iov[i].iov_base != t->payload + off)
 				memmove(t->payload + off, iov[i].iov_base, iov[i].iov_len);
@@ -189,7 +178,7 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 			out->flags2 |= (uint32_t)(URING_FLAG_FUSE_OVER_IO_URING >> 32);
 		}
 		n = writev(fd, iov, count);
-		release_threads(fu, out, on && n >= 0);
+		release_threads(fu, on && n >= 0);
 		return n;
 	}
 	return writev(fd, iov, count);
@@ -242,7 +231,7 @@ static void *ring_main(void *arg)
 	struct ring_thread *t = arg;
 	struct furing *fu = t->fu;
 	struct fuse_session *se = fu->fs->se;
-	struct iovec iov[2] = { { t->hdr, sizeof(*t->hdr) }, { t->payload, fu->payload_size } };
+	struct iovec iov[2] = { { t->hdr, sizeof(*t->hdr) }, { t->payload, PAYLOAD_SIZE } };
 	struct io_uring_cqe *cqe;
 	cpu_set_t cpus;
 	int ret;
@@ -277,12 +266,17 @@ static void *ring_main(void *arg)
 	while (!ret) {
 		struct __kernel_timespec tick = { .tv_sec = 1 };
 
-		/* the commit of the previous request, if any, goes with the wait */
-		if ((ret = io_uring_submit(&t->ring)) < 0)
-			break;
-		do
-			ret = io_uring_wait_cqe_timeout(&t->ring, &cqe, &tick);
-		while ((ret == -ETIME || ret == -EINTR) && !fuse_session_exited(se));
+		/*
+		 * One system call: the commit of the previous request, if any, and
+		 * the wait.  liburing 2.3 may return the number submitted without
+		 * a completion: that is a wait that timed out.
+		 */
+		do {
+			cqe = NULL;
+			ret = io_uring_submit_and_wait_timeout(&t->ring, &cqe, 1, &tick, NULL);
+			if (ret >= 0)
+				ret = cqe ? 0 : -ETIME;
+		} while ((ret == -ETIME || ret == -EINTR) && !fuse_session_exited(se));
 		if (ret < 0)
 			break;
 		ret = cqe->res;
@@ -297,7 +291,7 @@ static void *ring_main(void *arg)
 		t->unique = in->unique;
 		t->replied = false;
 		if (in->len < sizeof(*in) + payload || in->len - sizeof(*in) - payload > URING_HDR_OP ||
-		    payload > fu->payload_size) {
+		    payload > PAYLOAD_SIZE) {
 			log_error("FUSE over io_uring: request %llu of %u bytes does not fit its entry",
 				  (unsigned long long)in->unique, in->len);
 		} else {
@@ -326,14 +320,12 @@ static void *ring_main(void *arg)
 	return NULL;
 }
 
-static void release_threads(struct furing *fu, const struct fuse_init_out *out, bool on)
+static void release_threads(struct furing *fu, bool on)
 {
-	(void)out;
 	if (!on)
 		furing_report(fu->fs, "/dev/fuse (this kernel does not offer io_uring: it needs "
 				      "Linux 6.14+ and the fuse module's enable_uring)");
 	pthread_mutex_lock(&fu->lock);
-	fu->on = on;
 	fu->state = on ? GO : QUIT;
 	pthread_cond_broadcast(&fu->go);
 	pthread_mutex_unlock(&fu->lock);
@@ -347,7 +339,6 @@ static void release_threads(struct furing *fu, const struct fuse_init_out *out, 
  */
 static int create_threads(struct furing *fu)
 {
-	fu->payload_size = PAYLOAD_SIZE;
 	fu->nthreads = fu->nqueues * fu->per_queue;
 	fu->threads = calloc(fu->nthreads, sizeof(*fu->threads));
 	if (!fu->threads)
@@ -361,7 +352,7 @@ static int create_threads(struct furing *fu)
 		t->qid = i % fu->nqueues;
 		t->hdr = aligned_alloc(64, sizeof(*t->hdr));
 		/* the payload starts on a page, the request's headers just before it */
-		t->base = aligned_alloc(4096, 4096 + fu->payload_size);
+		t->base = aligned_alloc(4096, 4096 + PAYLOAD_SIZE);
 		if (!t->hdr || !t->base)
 			return -ENOMEM;
 		t->payload = t->base + 4096;
@@ -402,8 +393,8 @@ static unsigned possible_cpus(void)
 	return n;
 }
 
-/* Whether the fuse module lets servers use io_uring; turns it on when MAY. */
-static bool kernel_allows(bool may)
+/* Whether the fuse module lets servers use io_uring, turning it on if it can. */
+static bool kernel_allows(void)
 {
 	char v = 'N';
 	int fd = open(ENABLE_PARAM, O_RDONLY | O_CLOEXEC);
@@ -415,8 +406,6 @@ static bool kernel_allows(bool may)
 	close(fd);
 	if (v == 'Y' || v == '1')
 		return true;
-	if (!may)
-		return false;
 	fd = open(ENABLE_PARAM, O_WRONLY | O_CLOEXEC);
 	if (fd < 0)
 		return false;
@@ -446,7 +435,7 @@ int furing_setup(struct drfs_fs *fs)
 	fu->per_queue = (fs->cfg.max_threads ? fs->cfg.max_threads : 16) / (fu->nqueues ? fu->nqueues : 1);
 	if (fu->per_queue < 2)
 		fu->per_queue = 2;
-	fu->want = fu->nqueues > 0 && fu->nqueues <= 1024 && kernel_allows(true);
+	fu->want = fu->nqueues > 0 && fu->nqueues <= 1024 && kernel_allows();
 	if (!fu->want && mode == FS_URING_ON)
 		log_warn("FUSE over io_uring is not available here (needs Linux 6.14+ with %s); "
 			 "requests go through /dev/fuse", ENABLE_PARAM);
@@ -471,14 +460,20 @@ void furing_start(struct drfs_fs *fs)
 	struct furing *fu = fs->uring;
 	int ret;
 
-	if (!fu || !fu->want)
+	if (!fu) {
+		furing_report(fs, "/dev/fuse (fuse_uring=off)");
 		return;
+	}
+	if (!fu->want) {
+		release_threads(fu, false);   /* says so for status: INIT will not ask */
+		return;
+	}
 	ret = create_threads(fu);
 	if (ret < 0) {
 		log_warn("FUSE over io_uring: cannot set up the ring threads (%s); "
 			 "requests go through /dev/fuse", strerror(-ret));
 		fu->want = false;
-		release_threads(fu, NULL, false);
+		release_threads(fu, false);
 	}
 }
 
@@ -518,21 +513,6 @@ void *furing_reply_buffer(size_t *size)
 
 	if (!t || t->replied)
 		return NULL;
-	*size = t->fu->payload_size;
+	*size = PAYLOAD_SIZE;
 	return t->payload;
-}
-
-bool furing_active(struct drfs_fs *fs, int *entries)
-{
-	struct furing *fu = fs->uring;
-	bool on;
-
-	if (!fu)
-		return false;
-	pthread_mutex_lock(&fu->lock);
-	on = fu->on && fu->registered > 0 && fu->failed == 0;
-	if (entries)
-		*entries = fu->registered;
-	pthread_mutex_unlock(&fu->lock);
-	return on;
 }

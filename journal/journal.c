@@ -825,8 +825,8 @@ static void make_spare(struct journal *j)
 static void write_stats(struct journal *j)
 {
 	struct journal_stats st;
-	char tmp[4200], text[900];
-	int fd, n;
+	char text[900];
+	int n;
 
 	if (!j->cfg.stats_path)
 		return;
@@ -841,13 +841,7 @@ static void write_stats(struct journal *j)
 		     st.segment_bytes, st.flushes, st.records, st.error ? strerror(-st.error) : "none",
 		     st.yielded, st.yielded_at, st.yielded_holds, st.yield_reason,
 		     st.max_bytes, st.min_free);
-	snprintf(tmp, sizeof(tmp), "%s.tmp", j->cfg.stats_path);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return;
-	if (write_all(fd, text, (size_t)n) == 0)
-		rename(tmp, j->cfg.stats_path);
-	close(fd);
+	write_file_replace(j->cfg.stats_path, text, (size_t)n);
 }
 
 static void *checkpoint_thread(void *arg)

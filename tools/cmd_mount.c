@@ -445,9 +445,8 @@ static void remove_records(const struct backing *b, const char *mountpoint)
 	unlink(run);
 	journal_stats_path(mountpoint, run, sizeof(run));
 	unlink(run);
-	char transport[80];
-	snprintf(transport, sizeof(transport), "%s.transport", run);
-	unlink(transport);
+	transport_path(mountpoint, run, sizeof(run));
+	unlink(run);
 }
 
 /*
@@ -567,7 +566,7 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	struct backing b;
 	struct mount_record rec;
 	char *mnt = NULL, *lock_path = NULL, *log_path = NULL, *fstype = NULL, *journal_dir = NULL;
-	char stats[64], transport[80];
+	char stats[64], transport[64];
 	int ret, lock_fd = -1, notify_fd = -1;
 
 	if (o->remount) {
@@ -635,7 +634,7 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	journal_stats_path(mnt, stats, sizeof(stats));
 	cfg.journal_dir = journal_dir;
 	cfg.journal_stats = stats;
-	snprintf(transport, sizeof(transport), "%s.transport", stats);
+	transport_path(mnt, transport, sizeof(transport));
 	unlink(transport);   /* a previous mount's, until this one says */
 	cfg.transport_path = transport;
 	cfg.backing = b.path;

@@ -143,17 +143,13 @@ int cmd_status(int argc, char **argv)
 		return ret;
 	mounted = mount_record_read(b.state_dir, &rec) == 0 && pid_alive(rec.pid);
 	/* how requests reach the daemon, as it wrote it */
-	char transport[200] = "";
+	char *transport = NULL;
 	if (mounted) {
-		char tpath[96];
-		FILE *tf;
-		journal_stats_path(rec.mountpoint, tpath, sizeof(tpath) - 16);
-		strcat(tpath, ".transport");
-		if ((tf = fopen(tpath, "re"))) {
-			if (fgets(transport, sizeof(transport), tf))
-				transport[strcspn(transport, "\n")] = '\0';
-			fclose(tf);
-		}
+		char tpath[64];
+		size_t tlen;
+		transport_path(rec.mountpoint, tpath, sizeof(tpath));
+		if (read_file_small(tpath, &transport, &tlen) == 0)
+			transport[strcspn(transport, "\n")] = '\0';
 	}
 	if (statvfs(b.path, &sv) < 0)
 		memset(&sv, 0, sizeof(sv));
@@ -235,7 +231,7 @@ int cmd_status(int argc, char **argv)
 		printf(",\"state_dir\":");
 		json_str(b.state_dir);
 		printf(",\"format\":%d,\"mounted\":%s", b.format, mounted ? "true" : "false");
-		if (mounted && *transport) {
+		if (mounted && transport) {
 			printf(",\"requests\":");
 			json_str(transport);
 		}
@@ -304,7 +300,7 @@ int cmd_status(int argc, char **argv)
 		if (mounted) {
 			printf("mounted:     on %s by pid %ld since %s\n", rec.mountpoint,
 			       (long)rec.pid, rec.started ? rec.started : "?");
-			if (*transport)
+			if (transport)
 				printf("requests:    over %s\n", transport);
 		}
 		else
@@ -373,6 +369,7 @@ int cmd_status(int argc, char **argv)
 	}
 	free(snaps);
 	free(rdir);
+	free(transport);
 	mount_record_release(&rec);
 	backing_release(&b);
 	return ret;

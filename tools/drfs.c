@@ -175,23 +175,29 @@ int mount_record_read(const char *state_dir, struct mount_record *r)
 	return ret;
 }
 
-void mount_record_run_path(const char *mountpoint, char *buf, size_t len)
+/* /run/drfs/HASH.KIND: a file about the mount on MOUNTPOINT. */
+static void run_path(const char *mountpoint, const char *kind, char *buf, size_t len)
 {
 	unsigned long h = 5381;
 
 	for (const char *p = mountpoint; *p; p++)
 		h = h * 33 + (unsigned char)*p;
-	snprintf(buf, len, "/run/drfs/%016lx.mount", h);
+	snprintf(buf, len, "/run/drfs/%016lx.%s", h, kind);
+}
+
+void mount_record_run_path(const char *mountpoint, char *buf, size_t len)
+{
+	run_path(mountpoint, "mount", buf, len);
 }
 
 void journal_stats_path(const char *mountpoint, char *buf, size_t len)
 {
-	char *dot;
+	run_path(mountpoint, "journal", buf, len);
+}
 
-	mount_record_run_path(mountpoint, buf, len);
-	dot = strrchr(buf, '.');
-	if (dot && (size_t)(dot - buf) + sizeof(".journal") <= len)
-		strcpy(dot, ".journal");
+void transport_path(const char *mountpoint, char *buf, size_t len)
+{
+	run_path(mountpoint, "transport", buf, len);
 }
 
 int mount_record_for_mountpoint(const char *mountpoint, struct mount_record *r)

@@ -53,6 +53,8 @@ int mount_record_read(const char *state_dir, struct mount_record *r);
 void mount_record_run_path(const char *mountpoint, char *buf, size_t len);
 /* /run/drfs/HASH.journal: the mounted journal's counters, rewritten about once a second. */
 void journal_stats_path(const char *mountpoint, char *buf, size_t len);
+/* /run/drfs/HASH.transport: how the mount's requests reach its daemon (one line). */
+void transport_path(const char *mountpoint, char *buf, size_t len);
 int mount_record_for_mountpoint(const char *mountpoint, struct mount_record *r);
 void mount_record_release(struct mount_record *r);
 bool pid_alive(pid_t pid);
