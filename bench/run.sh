@@ -43,7 +43,7 @@ done
 
 # The jobs, in report order; BENCH_JOBS selects among them.
 all_jobs="seqwrite seqread-cold seqread-cached randread-qd32-direct randread-qd1-direct
-	write4k-fdatasync write4k-fdatasync-4w write4k-fdatasync-16w
+	write4k-buffered write4k-fdatasync write4k-fdatasync-4w write4k-fdatasync-16w
 	files-create files-stat files-unlink tar-x pgbench"
 set -f # BENCH_JOBS holds patterns, not file names
 for p in ${BENCH_JOBS:-}; do
@@ -125,7 +125,7 @@ run_fio() {
 	local json=$dir/fio.json
 	fio --output-format=json --output="$json" --directory="$target" --name="$name" "$@" >/dev/null 2>"$dir/fio.err" ||
 		{ echo "bench: fio $name on $target failed: $(head -3 "$dir/fio.err")" >&2; exit 1; }
-	[ "$name" = randfile-prep ] || want "$name" || return 0
+	case $name in randfile-prep|bufile-prep) ;; *) want "$name" || return 0 ;; esac
 	echo "$name $(basename "$target") $(fio_value "$json" "$kind")" >>"$results"
 }
 
@@ -181,6 +181,13 @@ for rep in $(seq 1 "$reps"); do
 			want randread-qd1-direct && run_fio randread-qd1-direct "$target" iops --rw=randread --bs=4k --size=1G --direct=1 --ioengine=psync --runtime="$rand_time" --time_based --filename=randfile
 			rm -f "$target/randfile"
 		fi
+		# 4 KiB write(2)s of an existing file, into the page cache: what a
+		# service's logs and data files see between its fsyncs.
+		if want write4k-buffered; then
+			run_fio bufile-prep "$target" bw --rw=write --bs=1M --size=256M --end_fsync=1 --filename=bufile
+			run_fio write4k-buffered "$target" bw --rw=write --bs=4k --size=256M --ioengine=psync --filename=bufile
+			rm -f "$target/bufile"
+		fi
 		if want write4k-fdatasync; then
 			run_fio write4k-fdatasync "$target" iops --rw=randwrite --bs=4k --size=256M --fdatasync=1 --ioengine=psync --runtime="$rand_time" --time_based --filename=syncfile
 			rm -f "$target/syncfile"
@@ -220,13 +227,13 @@ rows = collections.defaultdict(lambda: collections.defaultdict(list))
 order = []
 for line in open(sys.argv[1]):
     name, side, value = line.split()
-    if name == "randfile-prep":
+    if name in ("randfile-prep", "bufile-prep"):
         continue
     if name not in order:
         order.append(name)
     rows[name][side].append(float(value))
 units = {"seqwrite": "MiB/s", "seqread-cold": "MiB/s", "seqread-cached": "MiB/s",
-         "randread-qd32-direct": "IOPS", "randread-qd1-direct": "IOPS",
+         "randread-qd32-direct": "IOPS", "randread-qd1-direct": "IOPS", "write4k-buffered": "MiB/s",
          "write4k-fdatasync": "IOPS", "write4k-fdatasync-4w": "IOPS",
          "write4k-fdatasync-16w": "IOPS", "tar-x": "MiB/s", "pgbench": "TPS"}
 print("| job | unit | native (median) | drfs (median) | drfs/native |")

@@ -203,8 +203,9 @@ extern const struct fuse_lowlevel_ops drfs_ops;
  */
 int furing_setup(struct drfs_fs *fs);
 /*
- * After the mount: puts the session on custom I/O, so that the INIT reply
- * can ask for the transport.  0 or -errno.
+ * After the mount: puts the session on custom I/O (whatever the transport),
+ * so that the INIT reply can ask for it and for FUSE_HANDLE_KILLPRIV_V2.
+ * 0 or -errno.
  */
 int furing_attach(struct drfs_fs *fs);
 /*
@@ -220,5 +221,11 @@ void furing_stop(struct drfs_fs *fs);
  * (*SIZE bytes): a reply built in it is not copied.  NULL elsewhere.
  */
 void *furing_reply_buffer(size_t *size);
+/*
+ * Whether the request this thread serves carries FUSE_WRITE_KILL_SUIDGID
+ * (WRITE) or FUSE_OPEN_KILL_SUIDGID (OPEN, CREATE): the kernel leaves the
+ * clearing of set-id bits to the daemon (FUSE_HANDLE_KILLPRIV_V2).
+ */
+bool furing_kills_setid(void);
 
 #endif /* DRFS_FS_I_H */

@@ -558,7 +558,16 @@ static ssize_t setattr_now(struct drfs_fs *fs, struct mutation *m)
 	} else {
 		ret = apply(fs, m);
 	}
-	if (ret < 0 || !(m->valid & others))
+	if (ret < 0)
+		return ret;
+	/*
+	 * A SETATTR of nothing but ctime is applied as a no-op chown (see
+	 * do_setattr), which clears set-id bits as a chown does: what the
+	 * kernel asks for when a write by a caller without CAP_FSETID must
+	 * clear them (FUSE_HANDLE_KILLPRIV_V2).  The mode goes in the journal.
+	 */
+	bool ctime_only = !(m->valid & (others | FUSE_SET_ATTR_SIZE));
+	if (!(m->valid & others) && !ctime_only)
 		return ret;
 	fd = m->fd >= 0 ? m->fd : inode_fd(fs, m->node, O_PATH, &owned);
 	if (fd < 0)
@@ -578,7 +587,7 @@ static ssize_t setattr_now(struct drfs_fs *fs, struct mutation *m)
 		 ((m->valid & FUSE_SET_ATTR_ATIME) ? JA_ATIME : 0) |
 		 ((m->valid & FUSE_SET_ATTR_MTIME) ? JA_MTIME : 0);
 	/* chown may have cleared set-id bits: the mode as it now is goes along */
-	if (r.mask & (JA_UID | JA_GID))
+	if ((r.mask & (JA_UID | JA_GID)) || ctime_only)
 		r.mask |= JA_MODE;
 	ret = log_rec(fs, &r, false, false);
 	return ret < 0 ? ret : 0;

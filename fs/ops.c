@@ -169,6 +169,48 @@ static bool caller_in_group(fuse_req_t req, gid_t gid)
 	return false;
 }
 
+/*
+ * The mode of regular file ST once a change by the caller of REQ, who lacks
+ * CAP_FSETID, has cleared its set-id bits as the VFS does: set-user-ID
+ * always; set-group-ID when the file is group-executable or the caller is
+ * not in its group (root counts as a member).
+ */
+static mode_t setid_cleared(fuse_req_t req, const struct stat *st)
+{
+	mode_t mode = st->st_mode & 07777 & ~(mode_t)S_ISUID;
+
+	if ((mode & S_ISGID) &&
+	    ((mode & S_IXGRP) || (fuse_req_ctx(req)->uid != 0 && !caller_in_group(req, st->st_gid))))
+		mode &= ~(mode_t)S_ISGID;
+	return mode;
+}
+
+/*
+ * Clears the set-id bits of IN (node id INO, open as FD or -1) by the rule
+ * above, as a journaled SETATTR of the mode, before the change that calls
+ * for it; then the kernel drops the attributes it caches (no reply to the
+ * request that asked carries them).  docs/design.md "Set-id bits".
+ * 0 or -errno.
+ */
+static int clear_setid(fuse_req_t req, struct drfs_inode *in, fuse_ino_t ino, int fd)
+{
+	struct drfs_fs *fs = fs_of(req);
+	struct mutation m = { .type = MUT_SETATTR, .node = in, .fd = fd,
+			      .valid = FUSE_SET_ATTR_MODE };
+	struct stat st;
+	int ret = fd >= 0 ? (fstat(fd, &st) < 0 ? -errno : 0) : inode_stat(fs, in, &st);
+
+	if (ret || !S_ISREG(st.st_mode) || !(st.st_mode & (S_ISUID | S_ISGID)))
+		return ret;
+	m.attr.st_mode = setid_cleared(req, &st);
+	if (m.attr.st_mode == (st.st_mode & 07777))
+		return 0;
+	ret = (int)fs_mutate(fs, &m);
+	if (!ret)
+		fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
+	return ret;
+}
+
 #define TIME_BITS (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_ATIME_NOW | \
 		   FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)
 
@@ -200,6 +242,23 @@ static void drfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 			gid = cur.st_gid;
 		if (gid != (gid_t)-1 && !caller_in_group(req, gid))
 			m.attr.st_mode &= ~S_ISGID;
+	}
+	/*
+	 * FATTR_KILL_SUIDGID (libfuse's KILL_SUID bit): a truncate by a caller
+	 * without CAP_FSETID, or a chown; the kernel left the set-id bits to us.
+	 */
+	if ((valid & FUSE_SET_ATTR_KILL_SUID) && !(valid & FUSE_SET_ATTR_MODE) &&
+	    in->type == S_IFREG) {
+		struct stat cur;
+
+		ret = m.fd >= 0 ? (fstat(m.fd, &cur) < 0 ? -errno : 0) : inode_stat(fs_of(req), in, &cur);
+		if (ret) {
+			fuse_reply_err(req, (int)-ret);
+			return;
+		}
+		m.attr.st_mode = setid_cleared(req, &cur);
+		if (m.attr.st_mode != (cur.st_mode & 07777))
+			m.valid |= FUSE_SET_ATTR_MODE;
 	}
 	ret = fs_mutate(fs_of(req), &m);
 	if (ret == -ESTALE && !(valid & ~TIME_BITS)) {
@@ -365,6 +424,7 @@ static void drfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mod
 	struct mutation m = { .type = MUT_CREATE, .name = name, .mode = mode,
 			      .open_flags = backing_flags(fi->flags) };
 	struct fuse_entry_param e;
+	bool kill = furing_kills_setid();
 	ssize_t fd;
 	int ret;
 
@@ -377,6 +437,16 @@ static void drfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mod
 		return;
 	}
 	ret = inode_lookup(fs_of(req), m.dir, name, &e);
+	/* an existing file opened with O_TRUNC by a caller without CAP_FSETID */
+	if (!ret && !m.created && kill) {
+		struct drfs_inode *in = inode_get(fs_of(req), e.ino);
+
+		ret = in ? clear_setid(req, in, e.ino, (int)fd) : -ESTALE;
+		if (!ret && fstat((int)fd, &e.attr) < 0)
+			ret = -errno;
+		if (ret && in)
+			inode_forget(fs_of(req), in, 1);   /* the kernel gets no entry */
+	}
 	if (ret) {
 		close((int)fd);
 		fuse_reply_err(req, -ret);
@@ -408,6 +478,8 @@ static void drfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 		if (!ret && st.st_size > 0)
 			ret = fs_mutate(fs_of(req), &m);
+		if (!ret && furing_kills_setid())
+			ret = clear_setid(req, in, ino, fd);
 		if (ret < 0) {
 			close(fd);
 			fuse_reply_err(req, (int)-ret);
@@ -458,7 +530,10 @@ static void drfs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t 
 
 	if (!(m.node = node_or_reply(req, ino)))
 		return;
-	ret = fs_mutate(fs_of(req), &m);
+	/* a write that bypassed the page cache, by a caller without CAP_FSETID */
+	ret = furing_kills_setid() ? clear_setid(req, m.node, ino, m.fd) : 0;
+	if (!ret)
+		ret = fs_mutate(fs_of(req), &m);
 	if (ret < 0)
 		fuse_reply_err(req, (int)-ret);
 	else
@@ -494,9 +569,15 @@ static void drfs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offse
 {
 	struct mutation m = { .type = MUT_FALLOCATE, .fd = (int)fi->fh, .flags = mode,
 			      .offset = offset, .size = (size_t)length };
+	ssize_t ret;
 
-	if ((m.node = node_or_reply(req, ino)))
-		fuse_reply_err(req, (int)-fs_mutate(fs_of(req), &m));
+	if (!(m.node = node_or_reply(req, ino)))
+		return;
+	/* no flag here: the kernel dropped its own clearing (KILLPRIV_V2); root keeps them */
+	ret = fuse_req_ctx(req)->uid != 0 ? clear_setid(req, m.node, ino, m.fd) : 0;
+	if (!ret)
+		ret = fs_mutate(fs_of(req), &m);
+	fuse_reply_err(req, (int)-ret);
 }
 
 static void drfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
@@ -515,7 +596,9 @@ static void drfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in
 	}
 	if (!(m.src = node_or_reply(req, ino_in)) || !(m.node = node_or_reply(req, ino_out)))
 		return;
-	ret = fs_mutate(fs_of(req), &m);
+	ret = fuse_req_ctx(req)->uid != 0 ? clear_setid(req, m.node, ino_out, m.fd) : 0;
+	if (!ret)
+		ret = fs_mutate(fs_of(req), &m);
 	if (ret < 0)
 		fuse_reply_err(req, (int)-ret);
 	else

@@ -10,9 +10,13 @@
  * io_uring" has the numbers.
  *
  * libfuse 3.14 predates this transport, so it stays the request decoder:
- *  - the session runs on custom I/O (fuse_session_custom_io): our read and
- *    writev see every request and reply of the /dev/fuse path;
- *  - the INIT reply gets FUSE_OVER_IO_URING added when the kernel offers it;
+ *  - the session runs on custom I/O (fuse_session_custom_io), whichever the
+ *    transport: our read and writev see every request and reply of the
+ *    /dev/fuse path.  The INIT reply gets FUSE_HANDLE_KILLPRIV_V2 (always,
+ *    when offered) and FUSE_OVER_IO_URING (when offered and wanted); the
+ *    set-id flags of WRITE, OPEN and CREATE, which libfuse does not pass
+ *    on, are noted for the thread that serves the request
+ *    (furing_kills_setid; docs/design.md "Set-id bits");
  *  - then each ring thread registers one entry: a header buffer and a payload
  *    buffer.  A request arrives split in three (in header, per-operation
  *    header, payload); it is put back together in front of the payload, in
@@ -85,6 +89,7 @@ struct ring_thread {
 struct furing {
 	struct drfs_fs *fs;
 	int fd;                      /* /dev/fuse */
+	bool off;                    /* fuse_uring=off: custom I/O only */
 	bool want;                   /* ask for the ring at INIT */
 	uint64_t init_unique;
 	uint64_t init_flags;         /* what the kernel offered (flags | flags2 << 32) */
@@ -100,6 +105,8 @@ struct furing {
 #define PAYLOAD_SIZE ((size_t)1 << 20)
 
 static __thread struct ring_thread *self;
+/* The request this thread serves asks for set-id bits to be cleared. */
+static __thread bool kills_setid;
 
 /* Writes LINE (how requests reach the daemon) where 'drfs status' reads it. */
 static void furing_report(struct drfs_fs *fs, const char *line)
@@ -111,11 +118,39 @@ static void furing_report(struct drfs_fs *fs, const char *line)
 		write_file_replace(fs->cfg.transport_path, text, (size_t)n);
 }
 
+/*
+ * Notes, for the thread that goes on to serve it, whether request BUF (LEN
+ * bytes as the kernel sent it) carries a set-id flag libfuse drops.
+ */
+static void note_request(const void *buf, size_t len)
+{
+	const struct fuse_in_header *in = buf;
+	const char *arg = (const char *)(in + 1);
+
+	kills_setid = false;
+	if (len < sizeof(*in))
+		return;
+	len -= sizeof(*in);
+	if (in->opcode == FUSE_WRITE && len >= sizeof(struct fuse_write_in))
+		kills_setid = ((const struct fuse_write_in *)arg)->write_flags & FUSE_WRITE_KILL_SUIDGID;
+	else if (in->opcode == FUSE_OPEN && len >= sizeof(struct fuse_open_in))
+		kills_setid = ((const struct fuse_open_in *)arg)->open_flags & FUSE_OPEN_KILL_SUIDGID;
+	else if (in->opcode == FUSE_CREATE && len >= sizeof(struct fuse_create_in))
+		kills_setid = ((const struct fuse_create_in *)arg)->open_flags & FUSE_OPEN_KILL_SUIDGID;
+}
+
+bool furing_kills_setid(void)
+{
+	return kills_setid;
+}
+
 static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 {
 	struct furing *fu = ((struct drfs_fs *)userdata)->uring;
 	ssize_t n = read(fd, buf, len);
 
+	if (n > 0)
+		note_request(buf, (size_t)n);
 	if (n >= (ssize_t)(sizeof(struct fuse_in_header) + sizeof(struct fuse_init_in))) {
 		const struct fuse_in_header *in = buf;
 
@@ -167,18 +202,23 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 		t->replied = true;
 		return (ssize_t)(sizeof(*oh) + off);
 	}
-	if (oh->unique && oh->unique == fu->init_unique && fu->want) {
+	if (oh->unique && oh->unique == fu->init_unique) {
 		struct fuse_init_out *out = count == 2 ? iov[1].iov_base : NULL;
-		bool on = out && oh->error == 0 &&
-			  iov[1].iov_len >= offsetof(struct fuse_init_out, flags2) + 4 &&
-			  (fu->init_flags & URING_FLAG_FUSE_OVER_IO_URING) && payload_fits(out);
+		bool ok = out && oh->error == 0 &&
+			  iov[1].iov_len >= offsetof(struct fuse_init_out, flags2) + 4;
+		bool on = ok && fu->want && (fu->init_flags & URING_FLAG_FUSE_OVER_IO_URING) &&
+			  payload_fits(out);
 
+		/* the daemon clears set-id bits: no GETXATTR before each write(2) */
+		if (ok && (fu->init_flags & FUSE_HANDLE_KILLPRIV_V2))
+			out->flags |= FUSE_HANDLE_KILLPRIV_V2;
 		if (on) {
 			out->flags |= FUSE_INIT_EXT;
 			out->flags2 |= (uint32_t)(URING_FLAG_FUSE_OVER_IO_URING >> 32);
 		}
 		n = writev(fd, iov, count);
-		release_threads(fu, on && n >= 0);
+		if (fu->want)
+			release_threads(fu, on && n >= 0);
 		return n;
 	}
 	return writev(fd, iov, count);
@@ -302,6 +342,7 @@ static void *ring_main(void *arg)
 
 			memcpy(front, in, sizeof(*in));
 			memcpy(front + sizeof(*in), t->hdr->op_in, op_len);
+			note_request(front, in->len);
 			fuse_session_process_buf(se, &buf);
 			if (!t->replied)
 				log_error("FUSE over io_uring: request %llu (opcode %u) got no reply",
@@ -421,8 +462,6 @@ int furing_setup(struct drfs_fs *fs)
 	struct furing *fu;
 	int mode = fs->cfg.fuse_uring;
 
-	if (mode == FS_URING_OFF)
-		return 0;
 	fu = calloc(1, sizeof(*fu));
 	if (!fu)
 		return -ENOMEM;
@@ -430,6 +469,11 @@ int furing_setup(struct drfs_fs *fs)
 	pthread_cond_init(&fu->go, NULL);
 	fu->fs = fs;
 	fu->fd = -1;
+	fs->uring = fu;
+	if (mode == FS_URING_OFF) {
+		fu->off = true;
+		return 0;
+	}
 	fu->nqueues = possible_cpus();
 	/* as many threads as the /dev/fuse pool, spread over the queues */
 	fu->per_queue = (fs->cfg.max_threads ? fs->cfg.max_threads : 16) / (fu->nqueues ? fu->nqueues : 1);
@@ -439,7 +483,6 @@ int furing_setup(struct drfs_fs *fs)
 	if (!fu->want && mode == FS_URING_ON)
 		log_warn("FUSE over io_uring is not available here (needs Linux 6.14+ with %s); "
 			 "requests go through /dev/fuse", ENABLE_PARAM);
-	fs->uring = fu;
 	return 0;
 }
 
@@ -460,7 +503,9 @@ void furing_start(struct drfs_fs *fs)
 	struct furing *fu = fs->uring;
 	int ret;
 
-	if (!fu) {
+	if (!fu)
+		return;
+	if (fu->off) {
 		furing_report(fs, "/dev/fuse (fuse_uring=off)");
 		return;
 	}

@@ -146,6 +146,8 @@ writer=$!
 sleep 0.5
 "$S3SERVER" stop "$SRV" >/dev/null
 wait $writer
+# the writer may have finished, and been shipped, before the stop: this one cannot
+head -c 2000000 /dev/urandom >"$M/after-stop"
 durable "$M"
 check "status shows the replica failing while the server is down" wait_failing "$B"
 "$DRFS" status "$B" >"$T/st.out" 2>&1
