@@ -425,6 +425,7 @@ static int write_records(const struct backing *b, const char *mountpoint)
 	if (ret)
 		return ret;
 	mkdir("/run/drfs", 0755);
+	run_dir_sweep();
 	mount_record_run_path(mountpoint, run, sizeof(run));
 	fd = open("/run/drfs", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
@@ -728,6 +729,7 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 	}
 	fs_close(fs);
 	fs = NULL;
+	unlink(stats);   /* closing the journal wrote its counters once more */
 	/* the tree is quiet and the journal closed: the snapshot at unmount */
 	if (ret == EXIT_OK && o->snapshot_at_umount) {
 		char msg[1024];

@@ -2,6 +2,7 @@
  * drfs.c - the drfs command: subcommand dispatch and the helpers the
  * subcommands share.  See CLI.md for the command surface.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../common/common.h"
@@ -198,6 +200,39 @@ void journal_stats_path(const char *mountpoint, char *buf, size_t len)
 void transport_path(const char *mountpoint, char *buf, size_t len)
 {
 	run_path(mountpoint, "transport", buf, len);
+}
+
+void run_dir_sweep(void)
+{
+	DIR *d = opendir("/run/drfs");
+	struct dirent *e;
+	time_t now = time(NULL);
+
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		const char *dot = strchr(e->d_name, '.');
+		char path[300], rec[64];
+		struct mount_record r;
+		struct stat st;
+		bool stale;
+
+		if (!dot || dot - e->d_name != 16 ||
+		    (strcmp(dot, ".journal") && strcmp(dot, ".transport")))
+			continue;
+		snprintf(path, sizeof(path), "/run/drfs/%s", e->d_name);
+		snprintf(rec, sizeof(rec), "/run/drfs/%.16s.mount", e->d_name);
+		if (mount_record_parse(rec, &r) == 0) {
+			stale = !pid_alive(r.pid);
+			mount_record_release(&r);
+		} else {
+			/* no record: a mount being set up has one within seconds */
+			stale = stat(path, &st) == 0 && now - st.st_mtime > 60;
+		}
+		if (stale)
+			unlink(path);
+	}
+	closedir(d);
 }
 
 int mount_record_for_mountpoint(const char *mountpoint, struct mount_record *r)

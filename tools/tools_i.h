@@ -58,6 +58,12 @@ void transport_path(const char *mountpoint, char *buf, size_t len);
 int mount_record_for_mountpoint(const char *mountpoint, struct mount_record *r);
 void mount_record_release(struct mount_record *r);
 bool pid_alive(pid_t pid);
+/*
+ * Removes /run/drfs files (journal counters, transport line) left by mounts
+ * that are gone: killed (their record names a dead process), or recordless
+ * for over a minute.  Records themselves stay: status reports them.
+ */
+void run_dir_sweep(void);
 /* Whether PATH (absolute) is a mount point right now; *FSTYPE gets its type (caller frees). */
 bool is_mount_point(const char *path, char **fstype);
 

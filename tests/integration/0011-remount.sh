@@ -70,4 +70,30 @@ check "mount from an fstab line" mount -T "$T/fstab" "$M"
 PIDS+=("$(daemon_pid "$B")")
 check "fstab options applied" grep -q " $M fuse.drfs .*noatime" /proc/mounts
 check "umount" "$DRFS" umount "$M"
+
+# /run/drfs keeps nothing of a mount that is gone
+mount_drfs "$B" "$M"
+h=$(grep -l "^mountpoint=$M\$" /run/drfs/*.mount 2>/dev/null | head -1)
+h=${h##*/}; h=${h%.mount}
+check "the mount has a record in /run/drfs" [ -n "$h" ]
+for _ in $(seq 1 50); do [ -e "/run/drfs/$h.journal" ] && break; sleep 0.1; done
+check "and its counters file" [ -e "/run/drfs/$h.journal" ]
+umount_drfs "$M"
+check "no counters file left after umount" [ ! -e "/run/drfs/$h.journal" ]
+check "no transport file left after umount" [ ! -e "/run/drfs/$h.transport" ]
+# what killed mounts leave is swept by the next mount: a record with a dead
+# pid, or no record for over a minute; a fresh recordless file stays
+dead=fffffffffffffff0 old=fffffffffffffff1 fresh=fffffffffffffff2
+printf 'pid=999999999\nmountpoint=/nowhere\n' >"/run/drfs/$dead.mount"
+echo x >"/run/drfs/$dead.journal"; echo x >"/run/drfs/$dead.transport"
+echo x >"/run/drfs/$old.journal"; touch -d '-2 minutes' "/run/drfs/$old.journal"
+echo x >"/run/drfs/$fresh.journal"
+mount_drfs "$B" "$M"
+check "a dead mount's counters are swept" [ ! -e "/run/drfs/$dead.journal" ]
+check "a dead mount's transport line is swept" [ ! -e "/run/drfs/$dead.transport" ]
+check "its record stays (status reports it)" [ -e "/run/drfs/$dead.mount" ]
+check "an old recordless file is swept" [ ! -e "/run/drfs/$old.journal" ]
+check "a fresh recordless file stays" [ -e "/run/drfs/$fresh.journal" ]
+rm -f /run/drfs/fffffffffffffff[012].*
+umount_drfs "$M"
 finish
