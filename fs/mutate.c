@@ -568,7 +568,7 @@ static ssize_t setattr_now(struct drfs_fs *fs, struct mutation *m)
 	 */
 	bool ctime_only = !(m->valid & (others | FUSE_SET_ATTR_SIZE));
 	if (!(m->valid & others) && !ctime_only)
-		return ret;
+		return ret;   /* a size change alone: data_change journaled it */
 	fd = m->fd >= 0 ? m->fd : inode_fd(fs, m->node, O_PATH, &owned);
 	if (fd < 0)
 		return fd;

@@ -117,6 +117,14 @@ static void drfs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_d
 	fuse_reply_none(req);
 }
 
+/* fstat of IN through its open backing FD, or by its handle when FD is -1.  0 or -errno. */
+static int stat_node(fuse_req_t req, struct drfs_inode *in, int fd, struct stat *st)
+{
+	if (fd < 0)
+		return inode_stat(fs_of(req), in, st);
+	return fstat(fd, st) < 0 ? -errno : 0;
+}
+
 /* Replies with IN's attributes; times set by M but not yet applied (M may be NULL) shown as set. */
 static void reply_attr(fuse_req_t req, struct drfs_inode *in, struct fuse_file_info *fi,
 		       const struct mutation *m)
@@ -124,10 +132,7 @@ static void reply_attr(fuse_req_t req, struct drfs_inode *in, struct fuse_file_i
 	struct stat st;
 	int ret;
 
-	if (fi && fi->fh && !S_ISDIR(in->type))
-		ret = fstat((int)fi->fh, &st) < 0 ? -errno : 0;
-	else
-		ret = inode_stat(fs_of(req), in, &st);
+	ret = stat_node(req, in, fi && fi->fh && !S_ISDIR(in->type) ? (int)fi->fh : -1, &st);
 	if (ret) {
 		fuse_reply_err(req, -ret);
 		return;
@@ -198,7 +203,7 @@ static int clear_setid(fuse_req_t req, struct drfs_inode *in, fuse_ino_t ino, in
 	struct mutation m = { .type = MUT_SETATTR, .node = in, .fd = fd,
 			      .valid = FUSE_SET_ATTR_MODE };
 	struct stat st;
-	int ret = fd >= 0 ? (fstat(fd, &st) < 0 ? -errno : 0) : inode_stat(fs, in, &st);
+	int ret = stat_node(req, in, fd, &st);
 
 	if (ret || !S_ISREG(st.st_mode) || !(st.st_mode & (S_ISUID | S_ISGID)))
 		return ret;
@@ -251,7 +256,7 @@ static void drfs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int 
 	    in->type == S_IFREG) {
 		struct stat cur;
 
-		ret = m.fd >= 0 ? (fstat(m.fd, &cur) < 0 ? -errno : 0) : inode_stat(fs_of(req), in, &cur);
+		ret = stat_node(req, in, m.fd, &cur);
 		if (ret) {
 			fuse_reply_err(req, (int)-ret);
 			return;

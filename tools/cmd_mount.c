@@ -444,10 +444,9 @@ static void remove_records(const struct backing *b, const char *mountpoint)
 	free(file);
 	mount_record_run_path(mountpoint, run, sizeof(run));
 	unlink(run);
-	journal_stats_path(mountpoint, run, sizeof(run));
-	unlink(run);
 	transport_path(mountpoint, run, sizeof(run));
 	unlink(run);
+	/* the journal counters go after the journal's close, which writes them once more */
 }
 
 /*

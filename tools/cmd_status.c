@@ -146,9 +146,8 @@ int cmd_status(int argc, char **argv)
 	char *transport = NULL;
 	if (mounted) {
 		char tpath[64];
-		size_t tlen;
 		transport_path(rec.mountpoint, tpath, sizeof(tpath));
-		if (read_file_small(tpath, &transport, &tlen) == 0)
+		if (read_file_small(tpath, &transport, NULL) == 0)
 			transport[strcspn(transport, "\n")] = '\0';
 	}
 	if (statvfs(b.path, &sv) < 0)
