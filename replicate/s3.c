@@ -287,6 +287,21 @@ static size_t read_cb(char *dst, size_t size, size_t n, void *arg)
 	return want;
 }
 
+/*
+ * Curl rewinds the body when it sends a request again: on a reused connection
+ * the server had closed, or after a redirect.  Without this the retry fails
+ * with "rewinding of the data stream failed" and hides the real cause.
+ */
+static int seek_cb(void *arg, curl_off_t off, int origin)
+{
+	struct body *b = arg;
+
+	if (origin != SEEK_SET || off < 0 || (uint64_t)off > b->len)
+		return CURL_SEEKFUNC_CANTSEEK;
+	b->done = (size_t)off;
+	return CURL_SEEKFUNC_OK;
+}
+
 static size_t write_cb(char *src, size_t size, size_t n, void *arg)
 {
 	struct reply *r = arg;
@@ -468,11 +483,15 @@ static int req_init(struct backend *b, struct req *q, const char *method, const 
 		curl_easy_setopt(c, CURLOPT_POST, 1L);
 		curl_easy_setopt(c, CURLOPT_READFUNCTION, read_cb);
 		curl_easy_setopt(c, CURLOPT_READDATA, body);
+		curl_easy_setopt(c, CURLOPT_SEEKFUNCTION, seek_cb);
+		curl_easy_setopt(c, CURLOPT_SEEKDATA, body);
 		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body->len);
 	} else if (!strcmp(method, "PUT")) {
 		curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
 		curl_easy_setopt(c, CURLOPT_READFUNCTION, read_cb);
 		curl_easy_setopt(c, CURLOPT_READDATA, body);
+		curl_easy_setopt(c, CURLOPT_SEEKFUNCTION, seek_cb);
+		curl_easy_setopt(c, CURLOPT_SEEKDATA, body);
 		curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, (curl_off_t)body->len);
 	} else if (!strcmp(method, "HEAD")) {
 		curl_easy_setopt(c, CURLOPT_NOBODY, 1L);

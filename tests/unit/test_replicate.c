@@ -4,7 +4,8 @@
  * missing replica directory, keys that would climb out) and the journal
  * read back from pieces (chains, overlaps, gaps, damage); the s3:// URL,
  * key encoding and XML pieces (the requests themselves are tested against a
- * real server by 0021-replica-s3).
+ * real server by 0021-replica-s3), and the resend of a body when a kept-alive
+ * connection turns out dead (an in-process HTTP peer that drops it).
  *
  * Every test works in its own directory under /tmp, removed at the end.
  */
@@ -19,6 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -432,6 +437,111 @@ static void test_s3_url(void **state)
 	assert_null(s3_xml_tag(xml, "ETag", text, sizeof(text)));
 }
 
+/* ---- a body sent again on a fresh connection ---- */
+
+struct peer {
+	int lfd;
+	char body[3][256];            /* the body of each request, as received */
+	int conns;
+};
+
+/* Reads one request on FD into BODY; false at end of stream. */
+static bool peer_read(int fd, char *body, size_t cap)
+{
+	char buf[8192];
+	size_t have = 0;
+	char *end = NULL;
+
+	while (!end) {
+		ssize_t r = read(fd, buf + have, sizeof(buf) - 1 - have);
+		if (r <= 0)
+			return false;
+		have += (size_t)r;
+		buf[have] = 0;
+		end = strstr(buf, "\r\n\r\n");
+	}
+	const char *cl = strcasestr(buf, "content-length:");
+	size_t want = cl ? strtoul(cl + 15, NULL, 10) : 0, got = have - (size_t)(end + 4 - buf);
+	memmove(buf, end + 4, got);
+	while (got < want) {
+		ssize_t r = read(fd, buf + got, sizeof(buf) - 1 - got);
+		if (r <= 0)
+			return false;
+		got += (size_t)r;
+	}
+	if (got >= cap)
+		got = cap - 1;
+	memcpy(body, buf, got);
+	body[got] = 0;
+	return true;
+}
+
+/*
+ * First connection: answers one request and keeps the connection open, then
+ * reads a second one and closes without a word, as a server does that stops
+ * or times the connection out just then.  Second connection: answers one.
+ */
+static void *peer_main(void *arg)
+{
+	struct peer *p = arg;
+	static const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nETag: \"e\"\r\n\r\n";
+	int n = 0;
+
+	for (int c = 0; c < 2; c++) {
+		int fd = accept(p->lfd, NULL, NULL);
+		if (fd < 0)
+			break;
+		p->conns++;
+		if (peer_read(fd, p->body[n], sizeof(p->body[n]))) {
+			n++;
+			if (write(fd, ok, sizeof(ok) - 1) < 0)
+				n = 3;
+			if (c == 0 && peer_read(fd, p->body[n], sizeof(p->body[n])))
+				n++;
+		}
+		close(fd);
+	}
+	return NULL;
+}
+
+static void test_s3_resend(void **state)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t al = sizeof(a);
+	struct backend_err err = { 0 };
+	struct backend *b;
+	struct peer p = { 0 };
+	pthread_t t;
+	char url[160];
+
+	(void)state;
+	p.lfd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(p.lfd >= 0);
+	assert_int_equal(bind(p.lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(p.lfd, 4), 0);
+	assert_int_equal(getsockname(p.lfd, (struct sockaddr *)&a, &al), 0);
+	snprintf(url, sizeof(url), "s3://bkt/pre?endpoint=http://127.0.0.1:%u&path_style=1",
+		 ntohs(a.sin_port));
+	setenv("AWS_ACCESS_KEY_ID", "k", 1);
+	setenv("AWS_SECRET_ACCESS_KEY", "s", 1);
+	assert_int_equal(backend_open(url, &b, &err), 0);
+	assert_int_equal(pthread_create(&t, NULL, peer_main, &p), 0);
+
+	assert_int_equal(backend_put(b, "one", "first body", 10, &err), 0);
+	/* the kept-alive connection dies under this one: curl must rewind and send it again */
+	int ret = backend_put(b, "two", "second body", 11, &err);
+	if (ret)
+		print_error("second put: %s\n", err.msg);
+	assert_int_equal(ret, 0);
+	pthread_join(t, NULL);
+	backend_close(b);
+	close(p.lfd);
+	assert_int_equal(p.conns, 2);
+	assert_string_equal(p.body[0], "first body");
+	assert_string_equal(p.body[1], "second body");   /* the one the dead connection swallowed */
+	assert_string_equal(p.body[2], "second body");   /* sent whole again */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -442,6 +552,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_put_many, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_sweep, setup, teardown),
 		cmocka_unit_test(test_s3_url),
+		cmocka_unit_test(test_s3_resend),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
