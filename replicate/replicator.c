@@ -906,10 +906,16 @@ int replicator_start(const struct replicator_config *cfg, struct replicator **ou
 		log_error("%s", err.msg);
 		goto fail;
 	}
-	/* a put killed mid-way (this daemon's last run) leaves its temp file; an hour is long past it */
-	unsigned swept = backend_sweep(r->be, 3600);
+	/*
+	 * A put killed mid-way (this daemon's last run) leaves a temp file
+	 * (file://) or an unfinished multipart upload (s3://); an hour is long
+	 * past any upload of a live run.  Before the threads start: nothing of
+	 * this run is in flight.  DRFS_SWEEP_AGE (seconds) shortens it in tests.
+	 */
+	const char *age = getenv("DRFS_SWEEP_AGE");
+	unsigned swept = backend_sweep(r->be, age && *age ? (unsigned)strtoul(age, NULL, 10) : 3600);
 	if (swept)
-		log_info("replica %s: removed %u temp files that interrupted uploads left", cfg->url, swept);
+		log_info("replica %s: cleared %u uploads that an interrupted run left", cfg->url, swept);
 	ret = load_state(r, cfg->start_lsn, &err);
 	if (ret) {
 		/* the replica cannot be listed now: start from the local record, retry later */

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "replicate_i.h"
@@ -578,8 +579,11 @@ static int status_err(struct backend *b, const char *method, const char *key, lo
 	return -EIO;
 }
 
-/* Ends the multipart upload ENC_ID of KEY without an object; a failure only costs storage. */
-static void abort_upload(struct backend *b, const char *key, const char *enc_id)
+/*
+ * Ends the multipart upload ENC_ID of KEY without an object; a failure only
+ * costs storage (logged).  0 or -EIO.
+ */
+static int abort_upload(struct backend *b, const char *key, const char *enc_id)
 {
 	struct backend_err ignored = { 0 };
 	struct reply r = { 0 };
@@ -591,6 +595,7 @@ static void abort_upload(struct backend *b, const char *key, const char *enc_id)
 		log_warn("replica: cannot abort the multipart upload of %s/%s (HTTP %ld); its parts stay on the server until a lifecycle rule removes them",
 			 b->url, key, http);
 	free(r.buf);
+	return http / 100 == 2 ? 0 : -EIO;
 }
 
 /*
@@ -922,6 +927,81 @@ static int s3_list(struct backend *b, const char *prefix, backend_list_fn fn, vo
 	return ret;
 }
 
+/* "2026-11-29T08:37:03.000Z" as seconds since the epoch; -1 if it is not one. */
+static time_t iso_time(const char *s)
+{
+	struct tm tm = { 0 };
+	const char *end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+
+	return end ? timegm(&tm) : (time_t)-1;
+}
+
+/*
+ * Aborts the multipart uploads under the prefix begun over MAX_AGE_S ago: a
+ * daemon killed between a start and its complete leaves one, and its parts
+ * are stored (and billed) until aborted.  Returns how many were aborted.
+ */
+static unsigned s3_sweep(struct backend *b, unsigned max_age_s)
+{
+	struct s3 *s = s3(b);
+	char kmark[1200] = "", umark[400] = "", enc_prefix[3700], ek[3700], eu[1300], query[9000];
+	time_t before = time(NULL) - (time_t)max_age_s;
+	size_t plen = strlen(s->u.prefix);
+	unsigned n = 0;
+	bool more = true;
+
+	s3_encode(s->u.prefix, false, enc_prefix, sizeof(enc_prefix));
+	while (more) {
+		struct backend_err err = { 0 };
+		struct reply r = { 0 };
+		/* sorted by name: key-marker, prefix, upload-id-marker, uploads */
+		if (kmark[0]) {
+			s3_encode(kmark, false, ek, sizeof(ek));
+			s3_encode(umark, false, eu, sizeof(eu));
+			snprintf(query, sizeof(query), "key-marker=%s&prefix=%s&upload-id-marker=%s&uploads=",
+				 ek, enc_prefix, eu);
+		} else {
+			snprintf(query, sizeof(query), "prefix=%s&uploads=", enc_prefix);
+		}
+		long http = request(b, "GET", NULL, query, NULL, &r, NULL, NULL, &err);
+		if (http / 100 != 2) {
+			status_err(b, "GET (list unfinished multipart uploads)", "", http, &r, &err);
+			log_warn("%s; parts of uploads an interrupted run left stay until the next mount or a lifecycle rule removes them",
+				 err.msg);
+			free(r.buf);
+			break;
+		}
+		char *text = r.buf ? strndup((const char *)r.buf, r.len) : strdup("");
+		free(r.buf);
+		if (!text)
+			break;
+		const char *p = text;
+		char item[4096], key[1200], id[400], when[64], trunc[16] = "";
+		while ((p = s3_xml_tag(p, "Upload", item, sizeof(item)))) {
+			if (!s3_xml_tag(item, "Key", key, sizeof(key)) ||
+			    !s3_xml_tag(item, "UploadId", id, sizeof(id)) ||
+			    !s3_xml_tag(item, "Initiated", when, sizeof(when)) ||
+			    strncmp(key, s->u.prefix, plen))
+				continue;
+			time_t t = iso_time(when);
+			if (t < 0 || t >= before)
+				continue;
+			s3_encode(id, false, eu, sizeof(eu));
+			if (abort_upload(b, key + plen, eu) == 0) {
+				log_info("replica %s: aborted the multipart upload of %s begun %s (an interrupted run left it)",
+					 b->url, key + plen, when);
+				n++;
+			}
+		}
+		s3_xml_tag(text, "IsTruncated", trunc, sizeof(trunc));
+		more = !strcmp(trunc, "true") &&
+		       s3_xml_tag(text, "NextKeyMarker", kmark, sizeof(kmark)) &&
+		       s3_xml_tag(text, "NextUploadIdMarker", umark, sizeof(umark));
+		free(text);
+	}
+	return n;
+}
+
 static int s3_del(struct backend *b, const char *key, struct backend_err *err)
 {
 	struct reply r = { 0 };
@@ -971,6 +1051,7 @@ static const struct backend_ops s3_ops = {
 	.head = s3_head,
 	.list = s3_list,
 	.del = s3_del,
+	.sweep = s3_sweep,
 	.close = s3_close,
 };
 

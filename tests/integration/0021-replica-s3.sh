@@ -4,7 +4,8 @@
 # by PID at the end), through a fault-injecting proxy: round trip (restore
 # latest and @TIME, snapshot mount from the s3:// URL), resets, 500 and 503
 # answers, truncated bodies, the server killed and restarted mid-upload and
-# the daemon killed mid-upload: replication resumes by itself and the
+# the daemon killed mid-upload: replication resumes by itself, and the
+# next mount aborts the multipart upload such a kill leaves; the
 # replica restores to what the mount held; wrong credentials, a missing
 # bucket, an unreachable endpoint and a TLS certificate that does not verify
 # show in status with the error while writes go on.
@@ -169,6 +170,31 @@ sleep 0.5
 umount -l "$M" 2>/dev/null
 mount_drfs "$B" "$M"
 check "after the daemon restarts, replication resumes" matches_mount "$M" r-kill
+
+# ---- an unfinished multipart upload (a daemon killed between its start and its complete) ----
+# (the access key holds a ':', which --user would take for the separator)
+(umask 077; printf 'machine 127.0.0.1 login %s password %s\n' "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >"$T/netrc")
+s3curl() {
+	curl -s --aws-sigv4 "aws:amz:$S3_REGION:s3" --netrc-file "$T/netrc" \
+		-H "x-amz-content-sha256: $(printf '' | sha256sum | cut -d' ' -f1)" "$@"
+}
+stray_listed() { s3curl "$S3_ENDPOINT/$S3_BUCKET?prefix=drfs-test%2F&uploads=" | grep -q "<Key>drfs-test/stray-upload</Key>"; }
+umount_drfs "$M"
+s3curl -X POST "$S3_ENDPOINT/$S3_BUCKET/drfs-test/stray-upload?uploads=" >"$T/stray.out"
+check "a stray multipart upload is on the server" stray_listed
+mount_drfs "$B" "$M"
+check "a mount leaves an upload younger than an hour alone" stray_listed
+umount_drfs "$M"
+sleep 3    # the server gives the start time rounded up to the second
+DRFS_SWEEP_AGE=1 mount_drfs "$B" "$M"
+# (the server's listing may show an aborted upload for a moment)
+for _ in $(seq 1 25); do stray_listed || break; sleep 0.2; done
+if stray_listed; then
+	fail "a mount aborts an older one"
+	grep -E "upload|sweep|cleared" "$B/.drfs/drfs.log" | tail -3
+	grep -E "uploads" "$T/proxy.log" | tail -3
+else pass; fi
+check "and logs it" grep -q "aborted the multipart upload of stray-upload" "$B/.drfs/drfs.log"
 
 # ---- wrong credentials, a missing bucket, an unreachable endpoint ----
 umount_drfs "$M"
