@@ -202,6 +202,9 @@ void transport_path(const char *mountpoint, char *buf, size_t len)
 	run_path(mountpoint, "transport", buf, len);
 }
 
+/* How long the log of a snapshot mount that ended stays in /run/drfs. */
+#define LOG_KEEP_S (7 * 24 * 3600)
+
 void run_dir_sweep(void)
 {
 	DIR *d = opendir("/run/drfs");
@@ -218,17 +221,23 @@ void run_dir_sweep(void)
 		bool stale;
 
 		if (!dot || dot - e->d_name != 16 ||
-		    (strcmp(dot, ".journal") && strcmp(dot, ".transport")))
+		    (strcmp(dot, ".journal") && strcmp(dot, ".transport") && strcmp(dot, ".log")))
 			continue;
 		snprintf(path, sizeof(path), "/run/drfs/%s", e->d_name);
 		snprintf(rec, sizeof(rec), "/run/drfs/%.16s.mount", e->d_name);
-		if (mount_record_parse(rec, &r) == 0) {
-			stale = !pid_alive(r.pid);
+		bool live = false, have = mount_record_parse(rec, &r) == 0;
+		if (have) {
+			live = pid_alive(r.pid);
 			mount_record_release(&r);
-		} else {
-			/* no record: a mount being set up has one within seconds */
-			stale = stat(path, &st) == 0 && now - st.st_mtime > 60;
 		}
+		if (stat(path, &st))
+			continue;
+		if (!strcmp(dot, ".log"))
+			/* a snapshot mount's only log: kept a week after its mount ended */
+			stale = !live && now - st.st_mtime > LOG_KEEP_S;
+		else
+			/* no record: a mount being set up has one within seconds */
+			stale = have ? !live : now - st.st_mtime > 60;
 		if (stale)
 			unlink(path);
 	}

@@ -61,7 +61,8 @@ bool pid_alive(pid_t pid);
 /*
  * Removes /run/drfs files (journal counters, transport line) left by mounts
  * that are gone: killed (their record names a dead process), or recordless
- * for over a minute.  Records themselves stay: status reports them.
+ * for over a minute; and the logs of snapshot mounts that ended over a week
+ * ago.  Records themselves stay: status reports them.
  */
 void run_dir_sweep(void);
 /* Whether PATH (absolute) is a mount point right now; *FSTYPE gets its type (caller frees). */

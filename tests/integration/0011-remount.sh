@@ -88,12 +88,23 @@ printf 'pid=999999999\nmountpoint=/nowhere\n' >"/run/drfs/$dead.mount"
 echo x >"/run/drfs/$dead.journal"; echo x >"/run/drfs/$dead.transport"
 echo x >"/run/drfs/$old.journal"; touch -d '-2 minutes' "/run/drfs/$old.journal"
 echo x >"/run/drfs/$fresh.journal"
+# a snapshot mount's log: kept a week after its mount ended
+echo x >"/run/drfs/$dead.log"; touch -d '-8 days' "/run/drfs/$dead.log"
+echo x >"/run/drfs/$old.log"; touch -d '-8 days' "/run/drfs/$old.log"
+echo x >"/run/drfs/$fresh.log"; touch -d '-6 days' "/run/drfs/$fresh.log"
+livehash=fffffffffffffff3
+printf 'pid=%s\nmountpoint=/nowhere-live\n' $$ >"/run/drfs/$livehash.mount"
+echo x >"/run/drfs/$livehash.log"; touch -d '-8 days' "/run/drfs/$livehash.log"
 mount_drfs "$B" "$M"
+check "an ended mount's log older than a week is swept" [ ! -e "/run/drfs/$dead.log" ]
+check "a recordless log older than a week is swept" [ ! -e "/run/drfs/$old.log" ]
+check "a log younger than a week stays" [ -e "/run/drfs/$fresh.log" ]
+check "a live mount's log stays, however old" [ -e "/run/drfs/$livehash.log" ]
 check "a dead mount's counters are swept" [ ! -e "/run/drfs/$dead.journal" ]
 check "a dead mount's transport line is swept" [ ! -e "/run/drfs/$dead.transport" ]
 check "its record stays (status reports it)" [ -e "/run/drfs/$dead.mount" ]
 check "an old recordless file is swept" [ ! -e "/run/drfs/$old.journal" ]
 check "a fresh recordless file stays" [ -e "/run/drfs/$fresh.journal" ]
-rm -f /run/drfs/fffffffffffffff[012].*
+rm -f /run/drfs/fffffffffffffff[0123].*
 umount_drfs "$M"
 finish
