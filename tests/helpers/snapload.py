@@ -1,15 +1,31 @@
 #!/usr/bin/python3
 """Random changes to a tree, for the snapshot tests: writes at random offsets
-in large files, appends, truncates (down and up), renames across
+in large files, appends, truncates (down and up), preallocations
+(fallocate, also past the end) and punched holes, renames across
 directories, hard links, xattrs, deletes, new files, symlinks, mode, owner
 and time changes, new and removed directories.  Deterministic for a seed.
 
 usage: snapload.py DIR SEED OPS [--big BYTES]
   --big  the size of the large files made on the first run (default 8 MiB)
 """
+import ctypes
 import os
 import random
 import sys
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
+
+
+def fallocate(path, mode, off, length):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        if LIBC.fallocate(fd, mode, off, length):
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+    finally:
+        os.close(fd)
 
 
 def files_under(top):
@@ -53,7 +69,7 @@ def main():
     for _ in range(ops):
         fl = files_under(work)
         dl = dirs_under(work)
-        op = rnd.randrange(15)
+        op = rnd.randrange(17)
         try:
             if op in (0, 1, 2) and fl:                 # write at a random offset
                 p = rnd.choice(fl)
@@ -105,6 +121,16 @@ def main():
                 empty = [d for d in dl if d != work and not os.listdir(d)]
                 if empty:
                     os.rmdir(rnd.choice(empty))
+            elif op == 15 and fl:                      # preallocate, maybe past the end
+                p = rnd.choice(fl)
+                size = os.path.getsize(p)
+                fallocate(p, rnd.choice([0, FALLOC_FL_KEEP_SIZE]),
+                          rnd.randrange(0, size + 65536), rnd.choice([1, 4096, 100000, 1 << 20]))
+            elif op == 16 and fl:                      # punch a hole
+                p = rnd.choice(fl)
+                size = os.path.getsize(p)
+                fallocate(p, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                          rnd.randrange(0, max(size, 1)), rnd.choice([1, 4096, 70000, 1 << 20]))
             n += 1
         except (FileExistsError, FileNotFoundError, OSError):
             pass
