@@ -10,7 +10,8 @@
  * random until it is killed, or for OPS operations: writes of 1 byte to
  * 256 KiB at random offsets (files up to 4 MiB, at most 40 files in DIR and
  * up to four subdirectories), creates, renames (also over another file),
- * unlinks, truncates up and down, mkdir, closes, stray fsyncs, and rereads
+ * unlinks, truncates up and down, fallocates (preallocating, also past the
+ * end; punching holes; zeroing ranges), mkdir, closes, stray fsyncs, and rereads
  * checked against its model, which holds every file's full content.  Every
  * 1 to 20 operations comes a durability point: every file touched since the
  * previous one is fsynced or fdatasynced, every directory whose entries may
@@ -53,6 +54,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -378,6 +380,33 @@ static void op_resize(struct run *r)
 	op_truncate(r, f, rnd(r, 8) ? size : 0);
 }
 
+/* A fallocate: preallocate (maybe past the end), punch a hole or zero a range. */
+static void op_fallocate(struct run *r)
+{
+	static const int modes[] = { 0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				     FALLOC_FL_ZERO_RANGE };
+	struct file *f = any_file(r);
+	int mode = modes[rnd(r, 4)];
+	size_t off = rnd(r, f->size + 1), len = rnd_len(r), end;
+
+	if (off + len > MAX_SIZE)
+		len = MAX_SIZE - off;
+	if (!len)
+		return;
+	end = off + len;
+	if (!(mode & FALLOC_FL_KEEP_SIZE) && end > f->size && r->total + (end - f->size) > MAX_TOTAL) {
+		op_resize(r);
+		return;
+	}
+	touch(r, 'W', f->name, NULL);
+	if (fallocate(file_fd(f, r), mode, (off_t)off, (off_t)len) < 0)
+		stop("fallocate", f->name);
+	if (!(mode & FALLOC_FL_KEEP_SIZE) && end > f->size)
+		file_resize(r, f, end);
+	if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE) && off < f->size)
+		memset(f->data + off, 0, (end < f->size ? end : f->size) - off);
+}
+
 static void op_create(struct run *r)
 {
 	char name[NAME_LEN];
@@ -518,8 +547,10 @@ static void step(struct run *r)
 		op_create(r);
 	else if (k < 45)
 		op_write(r);
-	else if (k < 55)
+	else if (k < 51)
 		op_resize(r);
+	else if (k < 55)
+		op_fallocate(r);
 	else if (k < 64)
 		op_rename(r);
 	else if (k < 70)
