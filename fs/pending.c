@@ -106,11 +106,22 @@ static void *applier(void *arg)
 			pthread_cond_wait(&p->work, &p->lock);
 		if (!p->head)
 			break;
-		/* one flush covers everything queued now */
-		for (last = p->head; last->next; last = last->next)
-			;
+		/*
+		 * One flush covers every WRITE queued now.  New times queued after
+		 * the last of them need none: an attribute change may reach the
+		 * tree before its record is durable (invariant 1), and waiting for
+		 * it cost a second flush in every write + fdatasync (the kernel
+		 * sends the times between the WRITE and the FSYNC).
+		 */
+		uint64_t need = 0;
+		for (last = p->head;; last = last->next) {
+			if (!last->times)
+				need = last->end;
+			if (!last->next)
+				break;
+		}
 		pthread_mutex_unlock(&p->lock);
-		jerr = journal_wait(j, last->end);
+		jerr = need ? journal_wait(j, need) : 0;
 		pthread_mutex_lock(&p->lock);
 		for (;;) {
 			struct pend_item *it = p->head;

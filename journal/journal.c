@@ -68,6 +68,7 @@ struct journal {
 	uint64_t seg_started_ns;
 	int error;
 	unsigned waiters;
+	uint64_t want;                 /* the highest LSN anyone has waited for */
 	bool stop, want_spare;
 	struct jseg *segs;             /* in use, sorted */
 	size_t nseg, segcap;
@@ -247,6 +248,8 @@ int journal_wait(struct journal *j, uint64_t lsn)
 	pthread_mutex_lock(&j->lock);
 	if (j->durable < lsn && !j->error) {
 		j->waiters++;
+		if (lsn > j->want)
+			j->want = lsn;
 		pthread_cond_signal(&j->work);
 		while (j->durable < lsn && !j->error)
 			pthread_cond_wait(&j->durable_cv, &j->lock);
@@ -565,7 +568,7 @@ static void *journal_thread(void *arg)
 			pthread_cond_wait(&j->work, &j->lock);
 			continue;
 		}
-		if (!j->qhead && !(j->waiters && j->written > j->durable) && !due) {
+		if (!j->qhead && !(j->want > j->durable) && !due) {
 			if (j->stop)
 				break;
 			struct timespec ts;
@@ -585,7 +588,14 @@ static void *journal_thread(void *arg)
 		bytes = 0;
 		for (struct qrec *q = batch; q; q = q->next)
 			bytes += q->len;
-		flush = j->waiters > 0 || due || j->stop;
+		/*
+		 * Flush for a waiter whose LSN is not durable yet, not merely
+		 * because one is counted: those woken by the last flush have not
+		 * run yet, and a record queued meanwhile that nobody waits for (the
+		 * times the kernel sends between a WRITE and its FSYNC) would cost
+		 * a flush of its own.
+		 */
+		flush = j->want > j->durable || due || j->stop;
 		pthread_mutex_unlock(&j->lock);
 
 		ret = write_batch(j, batch, flush, &flushed);
