@@ -69,6 +69,7 @@ struct journal {
 	int error;
 	unsigned waiters;
 	uint64_t want;                 /* the highest LSN anyone has waited for */
+	bool writing;                  /* the journal thread is writing a batch */
 	bool stop, want_spare;
 	struct jseg *segs;             /* in use, sorted */
 	size_t nseg, segcap;
@@ -255,6 +256,16 @@ int journal_wait(struct journal *j, uint64_t lsn)
 			pthread_cond_wait(&j->durable_cv, &j->lock);
 		j->waiters--;
 	}
+	/*
+	 * A failed journal answers at once, but a batch the thread took before
+	 * the failure may still be on its way to the segment, reading records
+	 * whose data the caller lends (a WRITE's buffer, a pending write's
+	 * copy).  The caller frees that data when this returns: not before the
+	 * thread is done with it, or the segment gets garbage between valid
+	 * records and the next mount refuses to replay.
+	 */
+	while (j->error && j->writing)
+		pthread_cond_wait(&j->durable_cv, &j->lock);
 	ret = j->durable >= lsn ? 0 : (j->error ? -EIO : 0);
 	pthread_mutex_unlock(&j->lock);
 	return ret;
@@ -596,12 +607,15 @@ static void *journal_thread(void *arg)
 		 * a flush of its own.
 		 */
 		flush = j->want > j->durable || due || j->stop;
+		j->writing = true;
 		pthread_mutex_unlock(&j->lock);
 
 		ret = write_batch(j, batch, flush, &flushed);
 		free_list(batch);
 
 		pthread_mutex_lock(&j->lock);
+		j->writing = false;
+		pthread_cond_broadcast(&j->durable_cv);
 		j->queued_bytes -= bytes;
 		pthread_cond_broadcast(&j->space_cv);
 		if (ret) {
