@@ -67,7 +67,6 @@ struct journal {
 	uint64_t seg_first, seg_end;   /* producers' view of the current segment */
 	uint64_t seg_started_ns;
 	int error;
-	unsigned waiters;
 	uint64_t want;                 /* the highest LSN anyone has waited for */
 	bool writing;                  /* the journal thread is writing a batch */
 	bool stop, want_spare;
@@ -159,7 +158,7 @@ static void enqueue_locked(struct journal *j, struct qrec *q)
 	 * its next tick (or when someone waits), which spares a wake-up per
 	 * change of a metadata-heavy workload.  A large queue is started early.
 	 */
-	if (j->waiters || j->queued_bytes >= WRITE_EARLY)
+	if (j->want > j->durable || j->queued_bytes >= WRITE_EARLY)
 		pthread_cond_signal(&j->work);
 }
 
@@ -248,13 +247,11 @@ int journal_wait(struct journal *j, uint64_t lsn)
 
 	pthread_mutex_lock(&j->lock);
 	if (j->durable < lsn && !j->error) {
-		j->waiters++;
 		if (lsn > j->want)
 			j->want = lsn;
 		pthread_cond_signal(&j->work);
 		while (j->durable < lsn && !j->error)
 			pthread_cond_wait(&j->durable_cv, &j->lock);
-		j->waiters--;
 	}
 	/*
 	 * A failed journal answers at once, but a batch the thread took before
@@ -601,7 +598,7 @@ static void *journal_thread(void *arg)
 			bytes += q->len;
 		/*
 		 * Flush for a waiter whose LSN is not durable yet, not merely
-		 * because one is counted: those woken by the last flush have not
+		 * because a waiter exists: those woken by the last flush have not
 		 * run yet, and a record queued meanwhile that nobody waits for (the
 		 * times the kernel sends between a WRITE and its FSYNC) would cost
 		 * a flush of its own.

@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../store/store.h"
 #include "replicate_i.h"
 
 #define S3_OBJECT_MAX (5ull << 30)    /* one PUT, and one part */
@@ -927,15 +928,6 @@ static int s3_list(struct backend *b, const char *prefix, backend_list_fn fn, vo
 	return ret;
 }
 
-/* "2026-11-29T08:37:03.000Z" as seconds since the epoch; -1 if it is not one. */
-static time_t iso_time(const char *s)
-{
-	struct tm tm = { 0 };
-	const char *end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
-
-	return end ? timegm(&tm) : (time_t)-1;
-}
-
 /*
  * Aborts the multipart uploads under the prefix begun over MAX_AGE_S ago: a
  * daemon killed between a start and its complete leaves one, and its parts
@@ -983,8 +975,8 @@ static unsigned s3_sweep(struct backend *b, unsigned max_age_s)
 			    !s3_xml_tag(item, "Initiated", when, sizeof(when)) ||
 			    strncmp(key, s->u.prefix, plen))
 				continue;
-			time_t t = iso_time(when);
-			if (t < 0 || t >= before)
+			int64_t t;
+			if (snap_parse_time(when, &t) || t / 1000000000 >= before)
 				continue;
 			s3_encode(id, false, eu, sizeof(eu));
 			if (abort_upload(b, key + plen, eu) == 0) {

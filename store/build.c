@@ -913,11 +913,11 @@ static int build_file(struct builder *bd, int fd, struct tree_entry *e,
 	bool seek = false;
 
 	while (pos < size) {
-		int ret = seek ? 1 : next_extent(fd, pos, size, &ds, &de);
-		if (ret == -EOPNOTSUPP)
+		int ret = seek ? -EOPNOTSUPP : next_extent(fd, pos, size, &ds, &de);
+		if (ret == -EOPNOTSUPP) {
 			seek = true;
-		if (seek)
 			ret = next_extent_seek(fd, pos, size, &ds, &de);
+		}
 		if (ret < 0)
 			return ret;
 		if (ret)
