@@ -19,7 +19,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,7 +30,9 @@
 #define NHOLDS 16
 #define SPARES_WANTED 1
 #define SPARES_KEPT 2
-#define RUN_IOV 256
+#define BLK 4096u                 /* direct writes are whole, aligned blocks of this size */
+#define STAGE_SIZE (4u << 20)
+#define SQE_BYTES (1u << 20)       /* bytes per write submission */
 #define RING_DEPTH 64
 #define WRITE_EARLY (256u << 10)   /* queued bytes that wake the journal thread */
 
@@ -82,10 +83,13 @@ struct journal {
 
 	/* journal thread */
 	int cur_fd;
+	bool direct;                   /* cur_fd is O_DIRECT */
 	uint64_t cur_first;
 	struct io_uring ring;
-	struct iovec *iov;
-	size_t iovcap;
+	unsigned char *stage;          /* STAGE_SIZE bytes, BLK-aligned: the segment from stage_off on */
+	off_t stage_off;               /* a multiple of BLK */
+	size_t fill;                   /* bytes of the stage that hold the log */
+	bool staged;                   /* bytes were staged since the last write */
 
 	pthread_mutex_t ckpt_lock;     /* one checkpoint at a time */
 	struct jsuper sb;
@@ -98,7 +102,6 @@ struct journal {
 };
 
 static __thread int slot_index = -1;
-static const unsigned char zeros[8];
 
 static uint64_t now_ns(int clock)
 {
@@ -348,59 +351,40 @@ static int reap(struct journal *j, unsigned n, const size_t *want)
 	return ret;
 }
 
-/* Synchronous fallback for a short write: writes IOV[0..N) at OFF in full. */
-static int write_sync(int fd, struct iovec *iov, int n, off_t off)
-{
-	for (int i = 0; i < n; i++) {
-		int ret = pwrite_all(fd, iov[i].iov_base, iov[i].iov_len, off);
-		if (ret)
-			return ret;
-		off += (off_t)iov[i].iov_len;
-	}
-	return 0;
-}
-
-#define GROUP_SQES 32
-
 /*
- * Writes IOV (N entries, contiguous bytes starting at file offset OFF) to
- * the current segment through the ring (writev submissions in groups of
- * GROUP_SQES, RUN_IOV vectors each), then, when FLUSH, makes the segment
+ * Writes LEN bytes of BUF (contiguous) at OFF of the current segment through
+ * the ring, in submissions of SQE_BYTES (with pwrite(2) while the journal is
+ * being opened, before the ring exists), then, when FLUSH, makes the segment
  * durable.  The flush is an fdatasync(2) from this thread: the ring's
  * IORING_OP_FSYNC always runs in an io-wq worker, and the extra hand-offs
  * cost a quarter of the single-writer fsync rate here (docs/benchmarks.md).
  * 0 or -errno.
  */
-static int write_and_flush(struct journal *j, int n, off_t off, bool flush)
+static int write_and_flush(struct journal *j, const unsigned char *buf, size_t len, off_t off, bool flush)
 {
-	size_t want[GROUP_SQES];
-	off_t pos = off;
-	int i = 0, ret = 0;
+	size_t want[RING_DEPTH], done = 0;
+	int ret = j->ring_ok ? 0 : -EAGAIN;   /* before journal_start: no ring yet */
 
-	while (!ret && i < n) {
+	while (!ret && done < len) {
 		unsigned sq = 0;
 
-		while (i < n && sq < GROUP_SQES) {
-			int cnt = n - i < RUN_IOV ? n - i : RUN_IOV;
+		while (done < len && sq < RING_DEPTH) {
+			size_t k = len - done < SQE_BYTES ? len - done : SQE_BYTES;
 			struct io_uring_sqe *sqe = io_uring_get_sqe(&j->ring);
-			size_t bytes = 0;
 
-			for (int k = 0; k < cnt; k++)
-				bytes += j->iov[i + k].iov_len;
-			io_uring_prep_writev(sqe, j->cur_fd, j->iov + i, (unsigned)cnt, (uint64_t)pos);
+			io_uring_prep_write(sqe, j->cur_fd, buf + done, (unsigned)k, (uint64_t)(off + (off_t)done));
 			sqe->user_data = sq;
-			want[sq++] = bytes;
-			pos += (off_t)bytes;
-			i += cnt;
+			want[sq++] = k;
+			done += k;
 		}
 		while ((ret = io_uring_submit(&j->ring)) == -EINTR)
 			;
 		if (ret >= 0)
 			ret = reap(j, sq, want);
 	}
-	if (ret == -EAGAIN)     /* a short or interrupted write: finish the plain way */
-		ret = write_sync(j->cur_fd, j->iov, n, off);
-	if (n && fault(&j->cfg.fail_write_at, ++j->writes_done))
+	if (ret == -EAGAIN)     /* a short or interrupted write: the same bytes again, the plain way */
+		ret = pwrite_all(j->cur_fd, buf, len, off);
+	if (len && fault(&j->cfg.fail_write_at, ++j->writes_done))
 		ret = -EIO;
 	if (!ret && flush) {
 		int r;
@@ -414,6 +398,93 @@ static int write_and_flush(struct journal *j, int n, off_t off, bool flush)
 			j->flushes++;
 	}
 	return ret;
+}
+
+/*
+ * Writes what was staged since the last write (whole blocks, zeros after
+ * the end of the log) and flushes when FLUSH; then the block that holds the
+ * end becomes the front of the stage, to be written again with what
+ * follows (docs/journal-design.md, "Direct, whole-block writes").
+ */
+static int stage_write(struct journal *j, bool flush)
+{
+	size_t len = (j->fill + BLK - 1) & ~(size_t)(BLK - 1), keep = j->fill % BLK;
+	int ret;
+
+	if (!j->staged)
+		len = 0;
+	else
+		memset(j->stage + j->fill, 0, len - j->fill);
+	ret = write_and_flush(j, j->stage, len, j->stage_off, flush);
+	if (ret || !len)
+		return ret;
+	j->staged = false;
+	if (keep) {
+		memmove(j->stage, j->stage + len - BLK, keep);
+		j->stage_off += (off_t)(len - BLK);
+		j->fill = keep;
+	} else {
+		j->stage_off += (off_t)len;
+		j->fill = 0;
+	}
+	return 0;
+}
+
+/* Appends LEN bytes of P (zeros when P is NULL) to the stage, writing it out whenever it is full. */
+static int stage_put(struct journal *j, const void *p, size_t len)
+{
+	while (len) {
+		size_t k = STAGE_SIZE - j->fill < len ? STAGE_SIZE - j->fill : len;
+
+		if (p) {
+			memcpy(j->stage + j->fill, p, k);
+			p = (const char *)p + k;
+		} else {
+			memset(j->stage + j->fill, 0, k);
+		}
+		j->fill += k;
+		j->staged = true;
+		len -= k;
+		if (j->fill == STAGE_SIZE) {
+			int ret = stage_write(j, false);
+			if (ret)
+				return ret;
+		}
+	}
+	return 0;
+}
+
+/*
+ * Makes FD, open for reading and writing, the current segment (its first
+ * LSN FIRST), the log in it ending at file offset END: direct writes where
+ * the filesystem takes them, and a stage that begins with END's block.
+ */
+static int use_segment(struct journal *j, int fd, uint64_t first, off_t end)
+{
+	int fl = fcntl(fd, F_GETFL);
+
+	j->direct = fl >= 0 && fcntl(fd, F_SETFL, fl | O_DIRECT) == 0;
+	/*
+	 * The segment was written through the page cache when it was made (and
+	 * read by the replay): a direct write over cached pages cannot be
+	 * issued without waiting, so the ring would hand every write to a
+	 * worker thread.  The pages are clean; drop them.
+	 */
+	if (j->direct)
+		posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+	j->stage_off = end - end % BLK;
+	j->fill = (size_t)(end % BLK);
+	j->staged = false;
+	if (j->fill) {
+		int ret = pread_all(fd, j->stage, BLK, j->stage_off);
+		if (ret)
+			return ret;
+	}
+	if (j->cur_fd >= 0)
+		close(j->cur_fd);
+	j->cur_fd = fd;
+	j->cur_first = first;
+	return 0;
 }
 
 /* Takes a spare (or makes a new file) and makes it segment FIRST.  0 or -errno. */
@@ -442,7 +513,7 @@ static int switch_segment(struct journal *j, uint64_t first)
 	pthread_cond_broadcast(&j->tick);
 	pthread_mutex_unlock(&j->lock);
 	if (have) {
-		fd = openat(j->dirfd, name, O_WRONLY | O_CLOEXEC);
+		fd = openat(j->dirfd, name, O_RDWR | O_CLOEXEC);
 		if (fd < 0)
 			return -errno;
 		jseg_header(h, j->timeline, first, j->seg_size);
@@ -452,7 +523,7 @@ static int switch_segment(struct journal *j, uint64_t first)
 	} else {
 		log_debug("journal: no spare segment ready, writing %s in place", name);
 		ret = jseg_create(j->dirfd, name, j->timeline, first, j->seg_size);
-		fd = ret ? -1 : openat(j->dirfd, name, O_WRONLY | O_CLOEXEC);
+		fd = ret ? -1 : openat(j->dirfd, name, O_RDWR | O_CLOEXEC);
 		if (!ret && (fd < 0 || fsync(j->dirfd) < 0))
 			ret = -errno;
 	}
@@ -461,10 +532,11 @@ static int switch_segment(struct journal *j, uint64_t first)
 			close(fd);
 		return ret;
 	}
-	if (j->cur_fd >= 0)
-		close(j->cur_fd);
-	j->cur_fd = fd;
-	j->cur_first = first;
+	ret = use_segment(j, fd, first, JSEG_HEADER);
+	if (ret) {
+		close(fd);
+		return ret;
+	}
 	seg.first_lsn = first;
 	seg.timeline = j->timeline;
 	memcpy(seg.name, name, sizeof(seg.name));
@@ -482,22 +554,6 @@ static int switch_segment(struct journal *j, uint64_t first)
 	return 0;
 }
 
-static int iov_push(struct journal *j, int *n, const void *p, size_t len)
-{
-	if (!len)
-		return 0;
-	if ((size_t)*n == j->iovcap) {
-		struct iovec *ni = realloc(j->iov, (j->iovcap = j->iovcap * 2 + 64) * sizeof(*ni));
-		if (!ni)
-			return -ENOMEM;
-		j->iov = ni;
-	}
-	j->iov[*n].iov_base = (void *)p;
-	j->iov[*n].iov_len = len;
-	(*n)++;
-	return 0;
-}
-
 /*
  * Writes the records of list Q (in LSN order) to the segment files,
  * flushing at every segment switch and at the end when FLUSH.  Returns 0
@@ -505,33 +561,28 @@ static int iov_push(struct journal *j, int *n, const void *p, size_t len)
  */
 static int write_batch(struct journal *j, struct qrec *q, bool flush, bool *flushed)
 {
-	int n = 0, ret = 0;
-	off_t off = 0;
+	int ret = 0;
 
 	*flushed = false;
 	while (q && !ret) {
-		struct qrec *next = q->next;
-		if (!n)
-			off = (off_t)(JSEG_HEADER + (q->lsn - j->cur_first));
-		ret = iov_push(j, &n, q->buf, q->head_len);
+		if (j->stage_off + (off_t)j->fill != (off_t)(JSEG_HEADER + (q->lsn - j->cur_first))) {
+			log_error("journal: record at LSN %" PRIu64 " does not follow the end of the log", q->lsn);
+			return -EIO;
+		}
+		ret = stage_put(j, q->buf, q->head_len);
 		if (!ret)
-			ret = iov_push(j, &n, q->data, q->data_len);
+			ret = stage_put(j, q->data, q->data_len);
 		if (!ret)
-			ret = iov_push(j, &n, zeros, q->len - q->head_len - q->data_len);
-		if (ret)
-			break;
-		if (q->type == JR_SEAL) {
-			ret = write_and_flush(j, n, off, true);
-			n = 0;
+			ret = stage_put(j, NULL, q->len - q->head_len - q->data_len);
+		if (!ret && q->type == JR_SEAL) {
+			ret = stage_write(j, true);
 			if (!ret)
 				ret = switch_segment(j, q->lsn + q->len);
-			if (ret)
-				break;
 		}
-		q = next;
+		q = q->next;
 	}
-	if (!ret && (n || flush)) {
-		ret = write_and_flush(j, n, off, flush);
+	if (!ret && (j->staged || flush)) {
+		ret = stage_write(j, flush);
 		*flushed = flush;
 	}
 	return ret;
@@ -973,7 +1024,7 @@ static void free_journal(struct journal *j)
 	if (j->ring_ok)
 		io_uring_queue_exit(&j->ring);
 	free(j->segs);
-	free(j->iov);
+	free(j->stage);
 	free(j->dir);
 	pthread_mutex_destroy(&j->lock);
 	pthread_mutex_destroy(&j->ckpt_lock);
@@ -1021,7 +1072,7 @@ static int position_at_end(struct journal *j, bool seal)
 	uint64_t end;
 	bool sealed;
 	size_t i;
-	int ret;
+	int fd, ret;
 
 	ret = jreader_open(j->dir, j->sb.checkpoint_lsn, &rd);
 	if (ret)
@@ -1058,19 +1109,25 @@ static int position_at_end(struct journal *j, bool seal)
 		j->seg_end = end + j->seg_size - JSEG_HEADER;
 		return switch_segment(j, end);
 	}
-	j->cur_first = j->segs[i].first_lsn;
-	j->cur_fd = openat(j->dirfd, j->segs[i].name, O_WRONLY | O_CLOEXEC);
-	if (j->cur_fd < 0)
+	fd = openat(j->dirfd, j->segs[i].name, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
 		return -errno;
+	ret = use_segment(j, fd, j->segs[i].first_lsn, (off_t)(JSEG_HEADER + end - j->segs[i].first_lsn));
+	if (ret) {
+		close(fd);
+		return ret;
+	}
 	j->seg_first = j->cur_first;
 	j->seg_end = j->cur_first + j->seg_size - JSEG_HEADER;
 	if (seal) {
 		unsigned char b[SEAL_LEN];
 		struct jrec s = { .type = JR_SEAL, .lsn = end, .time_ns = now_ns(CLOCK_REALTIME) };
 		jrec_encode(&s, b);
-		if (pwrite(j->cur_fd, b, SEAL_LEN, (off_t)(JSEG_HEADER + end - j->cur_first)) != SEAL_LEN ||
-		    fdatasync(j->cur_fd) < 0)
-			return errno ? -errno : -EIO;
+		ret = stage_put(j, b, SEAL_LEN);
+		if (!ret)
+			ret = stage_write(j, true);
+		if (ret)
+			return ret;
 		end += SEAL_LEN;
 		j->head = j->written = j->durable = end;
 		j->seg_first = end;
@@ -1140,6 +1197,10 @@ int journal_open(const struct journal_config *cfg, struct journal **out,
 		j->cfg.queue_limit = 64ull << 20;
 	j->dirfd = -1;
 	j->cur_fd = -1;
+	if (posix_memalign((void **)&j->stage, BLK, STAGE_SIZE)) {
+		free(j);
+		return -ENOMEM;
+	}
 	j->qtail = &j->qhead;
 	pthread_mutex_init(&j->lock, NULL);
 	pthread_mutex_init(&j->ckpt_lock, NULL);

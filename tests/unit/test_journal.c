@@ -561,6 +561,7 @@ static void test_failure_reported(void **state)
 struct appender {
 	struct journal *j;
 	int id, count;
+	int start;                 /* the first record's offset, in records */
 };
 
 static void *append_thread(void *arg)
@@ -571,7 +572,7 @@ static void *append_thread(void *arg)
 	memset(data, 'a' + a->id, sizeof(data));
 	for (int i = 0; i < a->count; i++) {
 		struct jrec r = { .type = JR_WRITE, .fid = { (uint64_t)a->id + 100, 1 },
-				  .offset = (uint64_t)i * sizeof(data), .data = data,
+				  .offset = (uint64_t)(a->start + i) * sizeof(data), .data = data,
 				  .data_len = sizeof(data) };
 		int err;
 		uint64_t end;
@@ -607,7 +608,7 @@ static void test_live_segments(void **state)
 	hold = journal_hold(j, "test", 0);
 	assert_true(hold >= 0);
 	for (int i = 0; i < 8; i++) {
-		a[i] = (struct appender){ j, i, 3000 };
+		a[i] = (struct appender){ j, i, 3000, 0 };
 		pthread_create(&t[i], NULL, append_thread, &a[i]);
 	}
 	for (int i = 0; i < 8; i++)
@@ -621,6 +622,29 @@ static void test_live_segments(void **state)
 		      (unsigned long long)st.flushes, (unsigned long long)st.segments);
 	/* the hold keeps every segment through a checkpoint */
 	assert_int_equal(journal_checkpoint(j), 0);
+	assert_int_equal(journal_close(j), 0);
+
+	/*
+	 * Reopen (clean, so the journal goes on in its last segment) where the
+	 * log ends inside a 4 KiB block: the next writes rewrite that block,
+	 * and the records in front of the end must come through whole.
+	 */
+	j = open_live(jdir, tree, 0, 0, &rr);
+	assert_false(rr.unclean);
+	hold = journal_hold(j, "test", 0);
+	assert_true(hold >= 0);
+	{
+		struct jseg *segs;
+		size_t nseg;
+		int dfd = open(jdir, O_RDONLY | O_DIRECTORY);
+		assert_int_equal(jseg_list(dfd, &segs, &nseg), 0);
+		journal_get_stats(j, &st);
+		assert_true((st.head_lsn - segs[nseg - 1].first_lsn) % 4096 != 0);
+		free(segs);
+		close(dfd);
+	}
+	a[0] = (struct appender){ j, 0, 50, 3000 };
+	append_thread(&a[0]);
 	assert_int_equal(journal_close(j), 0);
 
 	/* read back: all records, LSNs rising, every writer's records in order */
@@ -638,7 +662,7 @@ static void test_live_segments(void **state)
 	}
 	assert_null(jreader_stop(rd));
 	jreader_close(rd);
-	assert_int_equal(records, 24000);
+	assert_int_equal(records, 24050);
 
 	/* reopen (clean: no replay), release the hold, checkpoint: old segments are recycled */
 	j = open_live(jdir, tree, 0, 0, &rr);
