@@ -84,6 +84,7 @@ struct journal {
 	/* journal thread */
 	int cur_fd;
 	bool direct;                   /* cur_fd is O_DIRECT */
+	bool direct_refused;           /* a direct write failed with EINVAL: not again */
 	uint64_t cur_first;
 	struct io_uring ring;
 	unsigned char *stage;          /* STAGE_SIZE bytes, BLK-aligned: the segment from stage_off on */
@@ -271,6 +272,16 @@ int journal_wait(struct journal *j, uint64_t lsn)
 	return ret;
 }
 
+void journal_want(struct journal *j, uint64_t lsn)
+{
+	pthread_mutex_lock(&j->lock);
+	if (j->durable < lsn && lsn > j->want) {
+		j->want = lsn;
+		pthread_cond_signal(&j->work);
+	}
+	pthread_mutex_unlock(&j->lock);
+}
+
 uint64_t journal_head(struct journal *j)
 {
 	uint64_t h;
@@ -382,6 +393,17 @@ static int write_and_flush(struct journal *j, const unsigned char *buf, size_t l
 		if (ret >= 0)
 			ret = reap(j, sq, want);
 	}
+	if (ret == -EINVAL && j->direct) {
+		/* the device wants larger blocks than BLK: through the page cache from now on */
+		int fl = fcntl(j->cur_fd, F_GETFL);
+		if (fl >= 0 && fcntl(j->cur_fd, F_SETFL, fl & ~O_DIRECT) == 0) {
+			log_warn("journal: direct writes of %u-byte blocks refused; writing through the page cache",
+				 BLK);
+			j->direct = false;
+			j->direct_refused = true;
+			ret = -EAGAIN;
+		}
+	}
 	if (ret == -EAGAIN)     /* a short or interrupted write: the same bytes again, the plain way */
 		ret = pwrite_all(j->cur_fd, buf, len, off);
 	if (len && fault(&j->cfg.fail_write_at, ++j->writes_done))
@@ -463,7 +485,7 @@ static int use_segment(struct journal *j, int fd, uint64_t first, off_t end)
 {
 	int fl = fcntl(fd, F_GETFL);
 
-	j->direct = fl >= 0 && fcntl(fd, F_SETFL, fl | O_DIRECT) == 0;
+	j->direct = !j->direct_refused && fl >= 0 && fcntl(fd, F_SETFL, fl | O_DIRECT) == 0;
 	/*
 	 * The segment was written through the page cache when it was made (and
 	 * read by the replay): a direct write over cached pages cannot be

@@ -199,6 +199,12 @@ int journal_start(struct journal *j);
 uint64_t journal_append(struct journal *j, struct jrec *r, bool borrow, int *err);
 /* Waits until LSN is durable.  0, or -EIO when the journal has failed. */
 int journal_wait(struct journal *j, uint64_t lsn);
+/*
+ * Asks for LSN to be made durable now, without waiting: what a later
+ * journal_wait() for it would ask, sooner (the journal thread starts
+ * writing and flushing before the waiter runs).
+ */
+void journal_want(struct journal *j, uint64_t lsn);
 /* The LSN just past the last appended record. */
 uint64_t journal_head(struct journal *j);
 /* 0, or the -errno that stopped the journal. */
