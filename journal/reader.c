@@ -571,6 +571,14 @@ ssize_t jlog_read(const char *dir, uint64_t lsn, void *buf, size_t len, uint32_t
 	if (fstat(fd, &st) == 0 && st.st_size - at < (off_t)len)
 		len = st.st_size > at ? (size_t)(st.st_size - at) : 0;
 	ret = pread_all(fd, buf, len, at) ?: (ssize_t)len;
+	/*
+	 * Leave no pages cached: the journal thread writes the segment with
+	 * O_DIRECT, and a direct write over a cached page cannot be issued
+	 * without waiting, so the ring would hand it to a worker thread (with
+	 * a replica shipping every few milliseconds, nearly every write).  To
+	 * the end of the file: readahead cached the pages after the log's end.
+	 */
+	posix_fadvise(fd, at, 0, POSIX_FADV_DONTNEED);
 	close(fd);
 	if (timeline)
 		*timeline = segs[i].timeline;
