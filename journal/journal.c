@@ -685,7 +685,8 @@ static void *journal_thread(void *arg)
 
 		pthread_mutex_lock(&j->lock);
 		j->writing = false;
-		pthread_cond_broadcast(&j->durable_cv);
+		if (j->error)   /* the waiters of a failed journal wait for the batch to end */
+			pthread_cond_broadcast(&j->durable_cv);
 		j->queued_bytes -= bytes;
 		pthread_cond_broadcast(&j->space_cv);
 		if (ret) {
