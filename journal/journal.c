@@ -245,15 +245,26 @@ uint64_t journal_append(struct journal *j, struct jrec *r, bool borrow, int *err
 	return end;
 }
 
+/*
+ * Caller holds j->lock.  Raises the LSN the journal thread works towards;
+ * the thread is woken only when that changes (it reads want before it
+ * sleeps, so an LSN already wanted is already being worked on).
+ */
+static void want_locked(struct journal *j, uint64_t lsn)
+{
+	if (j->durable < lsn && lsn > j->want) {
+		j->want = lsn;
+		pthread_cond_signal(&j->work);
+	}
+}
+
 int journal_wait(struct journal *j, uint64_t lsn)
 {
 	int ret;
 
 	pthread_mutex_lock(&j->lock);
 	if (j->durable < lsn && !j->error) {
-		if (lsn > j->want)
-			j->want = lsn;
-		pthread_cond_signal(&j->work);
+		want_locked(j, lsn);
 		while (j->durable < lsn && !j->error)
 			pthread_cond_wait(&j->durable_cv, &j->lock);
 	}
@@ -275,10 +286,7 @@ int journal_wait(struct journal *j, uint64_t lsn)
 void journal_want(struct journal *j, uint64_t lsn)
 {
 	pthread_mutex_lock(&j->lock);
-	if (j->durable < lsn && lsn > j->want) {
-		j->want = lsn;
-		pthread_cond_signal(&j->work);
-	}
+	want_locked(j, lsn);
 	pthread_mutex_unlock(&j->lock);
 }
 
@@ -431,24 +439,19 @@ static int write_and_flush(struct journal *j, const unsigned char *buf, size_t l
 static int stage_write(struct journal *j, bool flush)
 {
 	size_t len = (j->fill + BLK - 1) & ~(size_t)(BLK - 1), keep = j->fill % BLK;
+	size_t done = keep ? len - BLK : len;     /* the blocks that are full */
 	int ret;
 
 	if (!j->staged)
-		len = 0;
-	else
-		memset(j->stage + j->fill, 0, len - j->fill);
+		return write_and_flush(j, j->stage, 0, j->stage_off, flush);
+	memset(j->stage + j->fill, 0, len - j->fill);
 	ret = write_and_flush(j, j->stage, len, j->stage_off, flush);
-	if (ret || !len)
+	if (ret)
 		return ret;
+	memmove(j->stage, j->stage + done, keep);
+	j->stage_off += (off_t)done;
+	j->fill = keep;
 	j->staged = false;
-	if (keep) {
-		memmove(j->stage, j->stage + len - BLK, keep);
-		j->stage_off += (off_t)(len - BLK);
-		j->fill = keep;
-	} else {
-		j->stage_off += (off_t)len;
-		j->fill = 0;
-	}
 	return 0;
 }
 
