@@ -32,7 +32,7 @@ COMMON_SRC := common/log.c common/util.c
 JOURNAL_SRC := journal/record.c journal/journal.c journal/reader.c journal/apply.c journal/reconcile.c
 STORE_SRC  := $(sort $(wildcard store/*.c))
 REPLICATE_SRC := $(sort $(wildcard replicate/*.c))
-FS_SRC     := fs/inode.c fs/mutate.c fs/pending.c fs/ops.c fs/session.c fs/snapshot.c fs/uring.c
+FS_SRC     := fs/inode.c fs/mutate.c fs/pending.c fs/ops.c fs/session.c fs/snapshot.c fs/times.c fs/uring.c
 TOOLS_SRC  := tools/drfs.c tools/cmd_init.c tools/cmd_mount.c tools/cmd_status.c tools/cmd_journal.c tools/cmd_snapshot.c tools/snapctl.c
 DRFS_SRC   := $(COMMON_SRC) $(JOURNAL_SRC) $(STORE_SRC) $(REPLICATE_SRC) $(FS_SRC) $(TOOLS_SRC)
 
@@ -65,7 +65,7 @@ UNIT_TESTS := tests/unit/test_common tests/unit/test_fs tests/unit/test_journal 
 tests/unit/test_common: build/san/tests/unit/test_common.o $(call obj,build/san,$(COMMON_SRC))
 	@echo "  LINK    $@"
 	@$(CC) $(CFLAGS) $(SANFLAGS) -Wl,--wrap=fsync,--wrap=write -o $@ $^ -lcmocka
-tests/unit/test_fs: build/san/tests/unit/test_fs.o $(call obj,build/san,$(COMMON_SRC) $(JOURNAL_SRC) fs/inode.c fs/mutate.c fs/pending.c)
+tests/unit/test_fs: build/san/tests/unit/test_fs.o $(call obj,build/san,$(COMMON_SRC) $(JOURNAL_SRC) fs/inode.c fs/mutate.c fs/pending.c fs/times.c)
 	@echo "  LINK    $@"
 	@$(CC) $(CFLAGS) $(SANFLAGS) -Wl,--wrap=fchownat -o $@ $^ -lcmocka $(PKG_LIBS)
 tests/unit/test_journal: build/san/tests/unit/test_journal.o $(call obj,build/san,$(COMMON_SRC) $(JOURNAL_SRC))

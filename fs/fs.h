@@ -27,6 +27,7 @@ struct fs_config {
 	const char *kernel_opts;  /* comma list passed to the kernel mount (allow_other, ro, dev, ...) */
 	bool debug;               /* log every FUSE request */
 	unsigned int max_threads; /* worker threads (0: default) */
+	const char *state_dir;    /* STATE (STATE/ctimes lives there), or NULL */
 	const char *journal_dir;  /* STATE/journal; NULL: no journal (unit tests only) */
 	const char *journal_stats;/* file the journal counters are written to, or NULL */
 	unsigned int flush_interval_ms; /* journal flush interval (0: default) */

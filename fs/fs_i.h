@@ -54,6 +54,8 @@ struct drfs_fs {
 	struct fuse_session *se;
 	int backing_fd;            /* O_PATH fd of the backing root */
 	int mount_fd;              /* O_RDONLY fd of the backing root, for open_by_handle_at */
+	int atime_fd;              /* root of a detached strictatime clone of the backing mount, or -1 */
+	uint64_t mnt_id;           /* unique id of our mount (statmount), 0 if unknown */
 	dev_t backing_dev;
 	struct drfs_inode *root;
 	double timeout;            /* entry and attribute cache timeout in seconds */
@@ -72,6 +74,8 @@ struct drfs_fs {
 	pthread_rwlock_t freeze;
 	int snapshot_hold;         /* journal hold id for the next snapshot, or -1 */
 	struct furing *uring;      /* requests over io_uring (uring.c), or NULL */
+	bool kernel_times;         /* the kernel keeps regular files' mtime and ctime (writeback cache) */
+	struct ctimes *ctimes;     /* the ctimes the kernel shows (times.c), or NULL */
 };
 
 /* inode.c */
@@ -103,6 +107,8 @@ void inode_forget(struct drfs_fs *fs, struct drfs_inode *inode, uint64_t n);
 int inode_fd(struct drfs_fs *fs, struct drfs_inode *inode, int flags, bool *owned);
 /* Opens INODE for I/O with open(2) FLAGS; the caller owns the fd.  Returns fd or -errno. */
 int inode_open(struct drfs_fs *fs, struct drfs_inode *inode, int flags);
+/* Opens INODE by its handle on the mount of MOUNT_FD.  Returns fd or -errno. */
+int inode_open_via(struct drfs_fs *fs, struct drfs_inode *inode, int mount_fd, int flags);
 /* fstat of INODE.  Returns 0 or -errno. */
 int inode_stat(struct drfs_fs *fs, struct drfs_inode *inode, struct stat *st);
 /* true when NAME in DIR is the hidden state directory. */
@@ -177,9 +183,11 @@ ssize_t pending_write(struct drfs_fs *fs, struct mutation *m, struct jrec *r);
 /*
  * Journals SETATTR record R (times only, absolute) of NODE and queues
  * setting them through FD (duplicated) behind the file's pending writes,
- * whose apply would otherwise move the modification time.  0 or -errno.
+ * which keep the mtime they find (times.c).  CTIME, when not NULL, is the
+ * ctime the kernel set with them.  0 or -errno.
  */
-int pending_times(struct drfs_fs *fs, struct drfs_inode *node, int fd, struct jrec *r);
+int pending_times(struct drfs_fs *fs, struct drfs_inode *node, int fd, struct jrec *r,
+		  const struct timespec *ctime);
 /*
  * Waits until no write of backing inode INO is pending.  With TAKE_ERROR,
  * returns (and forgets) the error of a write that could not be applied.
@@ -191,6 +199,35 @@ void pending_drain(struct drfs_fs *fs);
 bool pending_busy(struct drfs_fs *fs, uint64_t ino);
 /* The LSN of the oldest pending write (UINT64_MAX: none); ARG is the drfs_fs. */
 uint64_t pending_min(void *arg);
+
+/* times.c: the times drfs keeps (docs/design.md, "Times: who keeps them") */
+/*
+ * After the mount: learns the mount's id and clones the backing mount for
+ * atime updates (without either, atime follows relatime or stays put, said
+ * once in the log).
+ */
+void times_setup(struct drfs_fs *fs);
+/* At INIT: whether the kernel keeps file times (writeback cache); if so reads STATE/ctimes. */
+void times_start(struct drfs_fs *fs, bool kernel_times);
+/* Once every apply is done: writes STATE/ctimes and frees the table. */
+void times_release(struct drfs_fs *fs);
+/*
+ * INODE (node id INO) was opened with open(2) FLAGS as FD: applies the
+ * mount's atime rule and, when atime moved, drops the kernel's attributes.
+ */
+void atime_opened(struct drfs_fs *fs, struct drfs_inode *inode, fuse_ino_t ino, int fd, int flags);
+/* Attributes about to go to the kernel: a regular file shows the kernel's ctime. */
+void times_show(struct drfs_fs *fs, struct stat *st);
+/* The kernel set INO's ctime to K (a SETATTR), now applied: AFTER is the backing's stat. */
+void times_kernel_ctime(struct drfs_fs *fs, uint64_t ino, const struct timespec *k,
+			const struct stat *after);
+/*
+ * Around applying data to regular file FD (WRITE, COPY, FALLOCATE): when
+ * times_data_before() returns true, call times_data_after() once the data
+ * is in; it puts BEFORE's mtime back and keeps the ctime the kernel shows.
+ */
+bool times_data_before(struct drfs_fs *fs, int fd, struct stat *before);
+void times_data_after(struct drfs_fs *fs, uint64_t ino, int fd, const struct stat *before);
 
 /* The FUSE operation table (ops.c). */
 extern const struct fuse_lowlevel_ops drfs_ops;

@@ -52,6 +52,7 @@ int inode_table_init(struct drfs_fs *fs)
 	int ret;
 
 	fs->mount_fd = -1;
+	fs->atime_fd = -1;
 	fs->backing_fd = open(backing, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (fs->backing_fd < 0 || fstat(fs->backing_fd, &st) < 0) {
 		ret = -errno;
@@ -117,6 +118,9 @@ void inode_table_release(struct drfs_fs *fs)
 	fs->root = NULL;
 	close(fs->mount_fd);
 	close(fs->backing_fd);
+	if (fs->atime_fd >= 0)
+		close(fs->atime_fd);
+	fs->atime_fd = -1;
 }
 
 /* Caller holds fs->lock. */
@@ -323,6 +327,7 @@ static int inode_bind(struct drfs_fs *fs, int fd, const char *name, struct fuse_
 	e->generation = in->gen;
 	pthread_mutex_unlock(&fs->lock);
 	e->ino = in == fs->root ? FUSE_ROOT_ID : in->ino;
+	times_show(fs, &e->attr);
 	e->attr_timeout = fs->timeout;
 	e->entry_timeout = fs->timeout;
 	return 0;
@@ -420,6 +425,24 @@ void inode_forget(struct drfs_fs *fs, struct drfs_inode *inode, uint64_t n)
 		inode_free(inode);
 }
 
+/* INODE's handle, from the table or, for an inode kept by fd, from the kernel.  0 or -errno. */
+static int inode_handle(struct drfs_fs *fs, struct drfs_inode *inode, struct handle_buf *h)
+{
+	int mount_id;
+
+	if (inode->fd >= 0) {
+		h->fh.handle_bytes = HANDLE_MAX;
+		return name_to_handle_at(inode->fd, "", &h->fh, &mount_id, AT_EMPTY_PATH) < 0 ? -errno
+											: 0;
+	}
+	pthread_mutex_lock(&fs->lock);
+	h->fh.handle_bytes = inode->handle_bytes;
+	h->fh.handle_type = inode->handle_type;
+	memcpy(h->fh.f_handle, inode->handle, inode->handle_bytes);
+	pthread_mutex_unlock(&fs->lock);
+	return 0;
+}
+
 int inode_fd(struct drfs_fs *fs, struct drfs_inode *inode, int flags, bool *owned)
 {
 	struct handle_buf h;
@@ -429,16 +452,23 @@ int inode_fd(struct drfs_fs *fs, struct drfs_inode *inode, int flags, bool *owne
 		*owned = false;
 		return fd;
 	}
-	pthread_mutex_lock(&fs->lock);
-	h.fh.handle_bytes = inode->handle_bytes;
-	h.fh.handle_type = inode->handle_type;
-	memcpy(h.fh.f_handle, inode->handle, inode->handle_bytes);
-	pthread_mutex_unlock(&fs->lock);
+	inode_handle(fs, inode, &h);
 	fd = open_by_handle_at(fs->mount_fd, &h.fh, flags | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
 	*owned = true;
 	return fd;
+}
+
+int inode_open_via(struct drfs_fs *fs, struct drfs_inode *inode, int mount_fd, int flags)
+{
+	struct handle_buf h;
+	int ret = inode_handle(fs, inode, &h);
+
+	if (ret)
+		return ret;
+	ret = open_by_handle_at(mount_fd, &h.fh, flags | O_CLOEXEC);
+	return ret < 0 ? -errno : ret;
 }
 
 int inode_open(struct drfs_fs *fs, struct drfs_inode *inode, int flags)
@@ -447,17 +477,22 @@ int inode_open(struct drfs_fs *fs, struct drfs_inode *inode, int flags)
 	int fd;
 
 	flags &= ~(O_NOFOLLOW | O_CREAT | O_EXCL);
-	if (inode->fd < 0) {
-		fd = inode_fd(fs, inode, flags, &owned);
-	} else {
-		char path[32];
+	for (;;) {
+		if (inode->fd < 0) {
+			fd = inode_fd(fs, inode, flags, &owned);
+		} else {
+			char path[32];
 
-		proc_fd_path(path, inode->fd);
-		fd = open(path, flags | O_CLOEXEC);
-		if (fd < 0)
-			fd = -errno;
+			proc_fd_path(path, inode->fd);
+			fd = open(path, flags | O_CLOEXEC);
+			if (fd < 0)
+				fd = -errno;
+		}
+		/* O_NOATIME needs CAP_FOWNER or ownership: without it, open as asked */
+		if (fd != -EPERM || !(flags & O_NOATIME))
+			return fd;
+		flags &= ~O_NOATIME;
 	}
-	return fd;
 }
 
 int inode_stat(struct drfs_fs *fs, struct drfs_inode *inode, struct stat *st)

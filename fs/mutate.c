@@ -215,18 +215,22 @@ static ssize_t apply(struct drfs_fs *fs, struct mutation *m)
 	char path[32];
 	ssize_t ret;
 
-	/* Data operations on an open file need no path fd. */
-	if (m->type == MUT_WRITE) {
-		ret = pwrite(m->fd, m->data, m->size, m->offset);
-		return ret < 0 ? -errno : ret;
-	}
-	if (m->type == MUT_FALLOCATE)
-		return fallocate(m->fd, m->flags, m->offset, (off_t)m->size) < 0 ? -errno : 0;
-	if (m->type == MUT_COPY_RANGE) {
+	/* Data operations on an open file need no path fd; they keep the mtime (times.c). */
+	if (m->type == MUT_WRITE || m->type == MUT_FALLOCATE || m->type == MUT_COPY_RANGE) {
+		struct stat before;
+		bool keep = times_data_before(fs, m->fd, &before);
 		off_t in = m->src_offset, out = m->offset;
 
-		ret = copy_file_range(m->src_fd, &in, m->fd, &out, m->size, 0);
-		return ret < 0 ? -errno : ret;
+		if (m->type == MUT_WRITE)
+			ret = pwrite(m->fd, m->data, m->size, m->offset);
+		else if (m->type == MUT_FALLOCATE)
+			ret = fallocate(m->fd, m->flags, m->offset, (off_t)m->size);
+		else
+			ret = copy_file_range(m->src_fd, &in, m->fd, &out, m->size, 0);
+		ret = ret < 0 ? -errno : ret;
+		if (keep)
+			times_data_after(fs, m->node->ino, m->fd, &before);
+		return ret;
 	}
 
 	if (m->type == MUT_SETATTR && m->fd >= 0)
@@ -499,7 +503,8 @@ static ssize_t deferred_times(struct drfs_fs *fs, struct mutation *m)
 	fd = m->fd >= 0 ? m->fd : inode_fd(fs, m->node, O_PATH, &owned);
 	if (fd < 0)
 		return fd;
-	ret = pending_times(fs, m->node, fd, &r);
+	ret = pending_times(fs, m->node, fd, &r,
+			    (m->valid & FUSE_SET_ATTR_CTIME) ? &m->attr.st_ctim : NULL);
 	if (owned)
 		close(fd);
 	if (!ret) {
@@ -518,14 +523,18 @@ static ssize_t setattr_now(struct drfs_fs *fs, struct mutation *m);
  * writes: applying them changes no mode or owner, only the times, so times
  * set while writes are pending are queued behind them (what the kernel sends
  * at close, and what tar sends after writing a file); the rest is applied now.
+ * When the kernel keeps a regular file's times, its times always take the
+ * queue: a WRITE that reaches drfs after them (the kernel sends both at once)
+ * is applied by the same thread, which puts back the mtime it finds.
  */
 static ssize_t journal_setattr(struct drfs_fs *fs, struct mutation *m)
 {
 	const int times = FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
-			  FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW;
+			  FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME;
 
 	if (fs->pending && (m->valid & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME)) &&
-	    !(m->valid & FUSE_SET_ATTR_SIZE) && pending_busy(fs, m->node->ino)) {
+	    !(m->valid & FUSE_SET_ATTR_SIZE) &&
+	    ((fs->kernel_times && m->node->type == S_IFREG) || pending_busy(fs, m->node->ino))) {
 		struct mutation rest = *m;
 		ssize_t ret;
 
@@ -577,6 +586,8 @@ static ssize_t setattr_now(struct drfs_fs *fs, struct mutation *m)
 		close(fd);
 	if (ret)
 		return ret;
+	if (m->valid & FUSE_SET_ATTR_CTIME)
+		times_kernel_ctime(fs, m->node->ino, &m->attr.st_ctim, &st);
 	memset(&r, 0, sizeof(r));
 	r.type = JR_SETATTR;
 	r.fid = fs_fid(fs, m->node);

@@ -64,7 +64,7 @@ static void drfs_init(void *userdata, struct fuse_conn_info *conn)
 	conn->max_readahead = 1 << 20;
 	conn->max_background = 64;
 	conn->congestion_threshold = 48;
-	(void)fs;
+	times_start(fs, (conn->want & FUSE_CAP_WRITEBACK_CACHE) != 0);
 }
 
 static void drfs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -137,11 +137,14 @@ static void reply_attr(fuse_req_t req, struct drfs_inode *in, struct fuse_file_i
 		fuse_reply_err(req, -ret);
 		return;
 	}
+	times_show(fs_of(req), &st);
 	if (m && m->times_deferred) {
 		if (m->valid & FUSE_SET_ATTR_ATIME)
 			st.st_atim = m->attr.st_atim;
 		if (m->valid & FUSE_SET_ATTR_MTIME)
 			st.st_mtim = m->attr.st_mtim;
+		if (m->valid & FUSE_SET_ATTR_CTIME)
+			st.st_ctim = m->attr.st_ctim;
 	}
 	fuse_reply_attr(req, &st, fs_of(req)->timeout);
 }
@@ -414,7 +417,8 @@ static int backing_flags(int flags)
 {
 	if ((flags & O_ACCMODE) == O_WRONLY)
 		flags = (flags & ~O_ACCMODE) | O_RDWR;
-	return flags & ~(O_APPEND | O_DIRECT | O_NOCTTY);
+	/* atime moves by drfs's rule at open only (times.c), never by our reads */
+	return (flags & ~(O_APPEND | O_DIRECT | O_NOCTTY)) | O_NOATIME;
 }
 
 static void set_open_reply(struct fuse_file_info *fi, int fd)
@@ -491,6 +495,7 @@ static void drfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			return;
 		}
 	}
+	atime_opened(fs_of(req), in, ino, fd, fi->flags);
 	set_open_reply(fi, fd);
 	if (fuse_reply_open(req, fi))
 		close(fd);
@@ -646,12 +651,13 @@ static void drfs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
-	fd = inode_open(fs_of(req), in, O_RDONLY | O_DIRECTORY);
+	fd = inode_open(fs_of(req), in, O_RDONLY | O_DIRECTORY | O_NOATIME);
 	if (fd < 0) {
 		free(d);
 		fuse_reply_err(req, -fd);
 		return;
 	}
+	atime_opened(fs_of(req), in, ino, fd, fi->flags);
 	d->dp = fdopendir(fd);
 	if (!d->dp) {
 		int err = errno;

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../common/common.h"
@@ -38,7 +39,8 @@ struct pend_item {
 	uint64_t ino, lsn, end;
 	int fd;                     /* a dup of the request's fd: outlives RELEASE */
 	bool times;                 /* set times TV (else write DATA) */
-	struct timespec tv[2];
+	bool has_ctime;             /* with TIMES: the kernel's CTIME came along */
+	struct timespec tv[2], ctime;
 	off_t off;
 	size_t len;
 	char data[];
@@ -129,10 +131,20 @@ static void *applier(void *arg)
 			int err = jerr;
 
 			pthread_mutex_unlock(&p->lock);
-			if (!err && it->times)
+			if (!err && it->times) {
+				struct stat st;
+
 				err = utimensat(it->fd, "", it->tv, AT_EMPTY_PATH) < 0 ? -errno : 0;
-			else if (!err)
+				if (!err && it->has_ctime && fstat(it->fd, &st) == 0)
+					times_kernel_ctime(p->fs, it->ino, &it->ctime, &st);
+			} else if (!err) {
+				struct stat before;
+				bool keep = times_data_before(p->fs, it->fd, &before);
+
 				err = pwrite_all(it->fd, it->data, it->len, it->off);
+				if (keep)
+					times_data_after(p->fs, it->ino, it->fd, &before);
+			}
 			if (err && !jerr) {
 				/*
 				 * The record is durable (fsync may have said so): it must
@@ -280,7 +292,8 @@ ssize_t pending_write(struct drfs_fs *fs, struct mutation *m, struct jrec *r)
 	return (ssize_t)m->size;
 }
 
-int pending_times(struct drfs_fs *fs, struct drfs_inode *node, int fd, struct jrec *r)
+int pending_times(struct drfs_fs *fs, struct drfs_inode *node, int fd, struct jrec *r,
+		  const struct timespec *ctime)
 {
 	struct pend_item *it = calloc(1, sizeof(*it));
 
@@ -296,6 +309,10 @@ int pending_times(struct drfs_fs *fs, struct drfs_inode *node, int fd, struct jr
 	it->times = true;
 	it->tv[0] = (r->mask & JA_ATIME) ? r->atime : (struct timespec){ .tv_nsec = UTIME_OMIT };
 	it->tv[1] = (r->mask & JA_MTIME) ? r->mtime : (struct timespec){ .tv_nsec = UTIME_OMIT };
+	if (ctime) {
+		it->has_ctime = true;
+		it->ctime = *ctime;
+	}
 	return enqueue(fs, it, r);
 }
 

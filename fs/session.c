@@ -148,6 +148,7 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 	}
 	fs->mounted = true;
 	tune_bdi(cfg->mountpoint);
+	times_setup(fs);
 	ret = furing_attach(fs);
 	if (ret) {
 		log_error("cannot set up the FUSE transport: %s", strerror(-ret));
@@ -319,6 +320,7 @@ void fs_close(struct drfs_fs *fs)
 	furing_stop(fs);
 	fuse_session_destroy(fs->se);
 	pending_stop(fs);
+	times_release(fs);
 	if (fs->journal && journal_close(fs->journal))
 		log_error("the journal was not closed cleanly; the next mount replays it");
 	inode_table_release(fs);

@@ -200,12 +200,19 @@ static int replay_data(int root_fd, struct replay_map *m, const struct jrec *r)
 {
 	int fd = replay_open_fid(root_fd, m, r->fid, O_WRONLY), ret;
 
+	struct stat before;
+	bool keep;
+
 	if (fd < 0)
 		return fd == -ESTALE ? 0 : fd;
+	/* a file's mtime comes from SETATTR records only, as on the live mount */
+	keep = fstat(fd, &before) == 0;
 	if (r->type == JR_FALLOCATE)
 		ret = fallocate(fd, (int)r->xflags, (off_t)r->offset, (off_t)r->size) < 0 ? -errno : 1;
 	else
 		ret = pwrite_all(fd, r->data, r->data_len, (off_t)r->offset) ?: 1;
+	if (keep && ret > 0)
+		futimens(fd, (struct timespec[2]){ { .tv_nsec = UTIME_OMIT }, before.st_mtim });
 	close(fd);
 	if (ret == -EFBIG || ret == -EINVAL || ret == -EOPNOTSUPP) {
 		/* the tree can never take it: retrying at every mount would not help */

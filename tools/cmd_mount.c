@@ -632,6 +632,7 @@ static int do_mount(const char *source, const char *mnt_arg, struct mount_opts *
 		}
 	}
 	journal_stats_path(mnt, stats, sizeof(stats));
+	cfg.state_dir = b.state_dir;
 	cfg.journal_dir = journal_dir;
 	cfg.journal_stats = stats;
 	transport_path(mnt, transport, sizeof(transport));
