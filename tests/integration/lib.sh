@@ -27,6 +27,8 @@ cleanup() {
 	for p in "${PIDS[@]}"; do
 		kill -9 "$p" 2>/dev/null
 	done
+	# a snapshot mount's log outlives it (/run/drfs/HASH.log): ours go with us
+	grep -lsF -- "$T/" /run/drfs/*.log | xargs -r rm -f
 	rm -rf "$T"
 }
 trap cleanup EXIT
