@@ -6,7 +6,11 @@
 # times; the script prints the median of each and the ratio drfs/native,
 # where a ratio above 1 means drfs is faster (throughput, or 1/time).
 #
-#   bench/run.sh [--quick] [--out FILE]
+#   bench/run.sh [--quick] [--out FILE] [--compare DRFS]
+#   --compare DRFS: also runs every job on a mount made by that other drfs
+#          binary (an earlier commit's build), in the same rounds, and reports
+#          its median and the ratio drfs/other: an A/B without the drift
+#          between two separate runs.
 #   env: BENCH_DIR (default /var/tmp/drfs-bench), REPS (3), SEQ_SIZE (1G)
 #        BENCH_JOBS="job ..." runs only these jobs (names as in the report, or
 #          shell patterns: BENCH_JOBS="pgbench files-*"); default: all
@@ -28,11 +32,13 @@ nfiles=${NFILES:-50000}
 pg_time=${PGBENCH_TIME:-30}
 pg_port=${PGBENCH_PORT:-54331}
 out=""
+other=""
 while [ $# -gt 0 ]; do
 	case $1 in
 	--quick) reps=1; seq_size=256M; rand_time=5; nfiles=10000; pg_time=10 ;;
 	--out) out=$2; shift ;;
-	*) echo "usage: bench/run.sh [--quick] [--out FILE]" >&2; exit 2 ;;
+	--compare) other=$(realpath -e "$2") || exit 2; shift ;;
+	*) echo "usage: bench/run.sh [--quick] [--out FILE] [--compare DRFS]" >&2; exit 2 ;;
 	esac
 	shift
 done
@@ -80,6 +86,15 @@ rm -rf "$dir"; mkdir -p "$dir/native" "$dir/backing" "$dir/mnt"
 # allow_other: the pgbench job's server runs as the postgres user.
 "$drfs" mount "$dir/backing" "$dir/mnt" -o "allow_other${DRFS_OPTS:+,$DRFS_OPTS}" || exit 1
 pid=$(sed -n 's/^pid=//p' "$dir/backing/.drfs/mount")
+targets=("$dir/native" "$dir/mnt")
+pid_other=""
+if [ -n "$other" ]; then
+	mkdir -p "$dir/backing-other" "$dir/other"
+	"$other" init "$dir/backing-other" >/dev/null || exit 1
+	"$other" mount "$dir/backing-other" "$dir/other" -o "allow_other${DRFS_OPTS:+,$DRFS_OPTS}" || exit 1
+	pid_other=$(sed -n 's/^pid=//p' "$dir/backing-other/.drfs/mount")
+	targets+=("$dir/other")
+fi
 pg_data=""; pg_pid=""
 pg() { runuser -u postgres -- "$@"; }
 # pg_kill: stops the server of a pgbench run that did not finish (failure, signal).
@@ -96,6 +111,10 @@ cleanup() {
 	pg_kill
 	mountpoint -q "$dir/mnt" && { "$drfs" umount "$dir/mnt" || umount -l "$dir/mnt"; }
 	kill -9 "$pid" 2>/dev/null
+	if [ -n "$pid_other" ]; then
+		mountpoint -q "$dir/other" && { "$other" umount "$dir/other" || umount -l "$dir/other"; }
+		kill -9 "$pid_other" 2>/dev/null
+	fi
 	rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -160,7 +179,7 @@ run_pgbench() {
 }
 
 for rep in $(seq 1 "$reps"); do
-	for target in "$dir/native" "$dir/mnt"; do
+	for target in "${targets[@]}"; do
 		side=$(basename "$target")
 		echo "bench: round $rep/$reps on $side" >&2
 		rm -f "$target"/seq* "$target"/rand*
@@ -236,11 +255,21 @@ units = {"seqwrite": "MiB/s", "seqread-cold": "MiB/s", "seqread-cached": "MiB/s"
          "randread-qd32-direct": "IOPS", "randread-qd1-direct": "IOPS", "write4k-buffered": "MiB/s",
          "write4k-fdatasync": "IOPS", "write4k-fdatasync-4w": "IOPS",
          "write4k-fdatasync-16w": "IOPS", "tar-x": "MiB/s", "pgbench": "TPS"}
-print("| job | unit | native (median) | drfs (median) | drfs/native |")
-print("|---|---|---:|---:|---:|")
+other = any("other" in r for r in rows.values())
+ratio = lambda a, b: a / b if b else 0
+if other:
+    print("| job | unit | native (median) | drfs (median) | drfs/native | other drfs (median) | other/native | drfs/other |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+else:
+    print("| job | unit | native (median) | drfs (median) | drfs/native |")
+    print("|---|---|---:|---:|---:|")
 for name in order:
     n = statistics.median(rows[name]["native"]); d = statistics.median(rows[name]["mnt"])
-    print("| %s | %s | %.0f | %.0f | %.2f |" % (name, units.get(name, "ops/s"), n, d, d / n if n else 0))
+    line = "| %s | %s | %.0f | %.0f | %.2f |" % (name, units.get(name, "ops/s"), n, d, ratio(d, n))
+    if other:
+        o = statistics.median(rows[name]["other"])
+        line += " %.0f | %.2f | %.2f |" % (o, ratio(o, n), ratio(d, o))
+    print(line)
 print()
 print("runs per job: %s; sequential file %s; %s small files; tarball %s files, %s MiB" %
       (sys.argv[2], sys.argv[6], sys.argv[5], sys.argv[3], sys.argv[4]))
