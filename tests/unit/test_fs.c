@@ -1,7 +1,8 @@
 /*
  * Unit tests for fs/ without a kernel mount: the inode table (identity,
- * lookup counts, reuse) and fs_mutate() against a scratch backing directory,
- * including injected failures that must leave nothing half-made.
+ * lookup counts, reuse), fs_mutate() against a scratch backing directory,
+ * including injected failures that must leave nothing half-made, and the
+ * times drfs keeps (times.c).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -13,6 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -274,6 +276,85 @@ static void test_inode_number_reuse(void **state)
 	assert_null(inode_get(&f->fs, e.ino));
 }
 
+static bool ts_equal(struct timespec a, struct timespec b)
+{
+	return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
+}
+
+/* What attribute replies would show for FD now. */
+static struct stat shown(struct fixture *f, int fd)
+{
+	struct stat st;
+
+	assert_int_equal(fstat(fd, &st), 0);
+	times_show(&f->fs, &st);
+	return st;
+}
+
+/*
+ * fs/times.c: a data apply puts the mtime back and keeps the ctime the kernel
+ * showed; the kernel's ctime from a SETATTR is shown while the backing ctime
+ * is the one it stands for; STATE/ctimes carries the pairs to the next mount,
+ * and a damaged one is ignored.
+ */
+static void test_times_kept(void **state)
+{
+	struct fixture *f = *state;
+	const struct timespec old_mtime = { 1000000000, 123456789 }, kernel = { 1500000000, 42 };
+	struct timespec tv[2] = { { .tv_nsec = UTIME_OMIT }, old_mtime };
+	struct stat before, st;
+	char path[160];
+	int fd;
+
+	f->fs.cfg.state_dir = f->dir;
+	times_start(&f->fs, true);
+	snprintf(path, sizeof(path), "%s/t", f->dir);
+	fd = open(path, O_CREAT | O_RDWR, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(futimens(fd, tv), 0);
+	usleep(20000);
+
+	assert_true(times_data_before(&f->fs, fd, &before));
+	assert_int_equal(pwrite(fd, "data", 4, 0), 4);
+	times_data_after(&f->fs, (uint64_t)before.st_ino, fd, &before);
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_true(ts_equal(st.st_mtim, old_mtime));              /* mtime put back */
+	assert_false(ts_equal(st.st_ctim, before.st_ctim));        /* the backing's moved */
+	assert_true(ts_equal(shown(f, fd).st_ctim, before.st_ctim)); /* the kernel's is shown */
+
+	/* a SETATTR of the kernel's ctime, applied */
+	assert_int_equal(fchmod(fd, 0600), 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	times_kernel_ctime(&f->fs, (uint64_t)st.st_ino, &kernel, &st);
+	assert_true(ts_equal(shown(f, fd).st_ctim, kernel));
+
+	/* across a remount */
+	times_release(&f->fs);
+	snprintf(path, sizeof(path), "%s/ctimes", f->dir);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_size, 20 + 40);
+	times_start(&f->fs, true);
+	assert_true(ts_equal(shown(f, fd).st_ctim, kernel));
+
+	/* a change drfs did not account for: the backing ctime again */
+	usleep(20000);
+	assert_int_equal(fchmod(fd, 0644), 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_true(ts_equal(shown(f, fd).st_ctim, st.st_ctim));
+
+	/* a damaged file is ignored */
+	times_kernel_ctime(&f->fs, (uint64_t)st.st_ino, &kernel, &st);
+	times_release(&f->fs);
+	int cfd = open(path, O_RDWR);
+	assert_true(cfd >= 0);
+	assert_int_equal(pwrite(cfd, "X", 1, 30), 1);
+	close(cfd);
+	times_start(&f->fs, true);
+	assert_true(ts_equal(shown(f, fd).st_ctim, st.st_ctim));
+	times_release(&f->fs);
+	close(fd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -282,6 +363,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_mutations, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_create_rollback, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_inode_number_reuse, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_times_kept, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("fs", tests, NULL, NULL);
 }
