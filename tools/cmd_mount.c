@@ -389,10 +389,20 @@ static int do_remount(const char *mnt_arg, const char *opts, bool bind_only)
 	for (int pass = 0; pass < 2; pass++) {
 		const char *cur = pass ? opts : current;
 
-		while (opt_next(&cur, buf, &key, &value))
+		while (opt_next(&cur, buf, &key, &value)) {
+			/*
+			 * One atime mode at a time, the last named; "atime" is the
+			 * kernel's default (relatime).  A remount naming none keeps the
+			 * mount's mode, so switching back must name one.
+			 */
+			static const unsigned long modes = MS_NOATIME | MS_RELATIME | MS_STRICTATIME;
+			if (!strcmp(key, "noatime") || !strcmp(key, "relatime") ||
+			    !strcmp(key, "strictatime") || !strcmp(key, "atime"))
+				ms = (ms & ~modes) | (!strcmp(key, "atime") ? MS_RELATIME : 0);
 			for (size_t i = 0; i < ARRAY_SIZE(flags); i++)
-				if (!strcmp(key, flags[i].name))
+				if (!strcmp(key, flags[i].name) && strcmp(key, "atime"))
 					ms = flags[i].set ? ms | flags[i].flag : ms & ~flags[i].flag;
+		}
 	}
 	if (ms & MS_STRICTATIME)
 		ms &= ~(MS_RELATIME | MS_NOATIME);

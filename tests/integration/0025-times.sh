@@ -56,6 +56,16 @@ cycle ro
 cat "$M/f" >/dev/null
 check_eq "ro: reading leaves atime" "$a0" "$(at "$M/f")"
 
+# mount -o remount changes the rule of a mounted drfs; "atime" brings relatime back
+cycle
+check "remount,noatime" "$DRFS" mount -o remount,noatime "$B" "$M"
+past "$M/f"; a0=$(at "$M/f"); cat "$M/f" >/dev/null
+check_eq "remount,noatime: reading leaves atime" "$a0" "$(at "$M/f")"
+check "remount,atime" "$DRFS" mount -o remount,atime "$B" "$M"
+check "remount,atime: the mount is relatime again" grep -q " $M fuse.drfs .*relatime" /proc/mounts
+cat "$M/f" >/dev/null
+check "remount,atime: reading moves atime again" test "$a0" != "$(at "$M/f")"
+
 # mtime and ctime across a remount, after every kind of change
 cycle
 for i in $(seq 1 10); do printf x >"$M/n$i"; done          # created and written at once
