@@ -78,7 +78,7 @@ struct journal {
 	uint64_t yielded, yielded_at;
 	char yielded_holds[64], yield_reason[96];
 	uint64_t yield_warned_at;      /* when that was last logged (seconds since the epoch) */
-	uint64_t flushes, records, writes_done, flushes_done;
+	uint64_t flushes, records, writes_done, flushes_done, direct_tries;
 	uint64_t last_flush_ns;
 
 	/* journal thread */
@@ -384,6 +384,8 @@ static int write_and_flush(struct journal *j, const unsigned char *buf, size_t l
 	size_t want[RING_DEPTH], done = 0;
 	int ret = j->ring_ok ? 0 : -EAGAIN;   /* before journal_start: no ring yet */
 
+	if (!ret && j->direct && len && fault(&j->cfg.refuse_direct_at, ++j->direct_tries))
+		ret = -EINVAL;
 	while (!ret && done < len) {
 		unsigned sq = 0;
 
@@ -1030,6 +1032,7 @@ void journal_get_stats(struct journal *j, struct journal_stats *st)
 	st->flushes = j->flushes;
 	st->records = j->records;
 	st->error = j->error;
+	st->direct = j->direct;
 	st->max_bytes = j->cfg.max_bytes;
 	st->min_free = j->cfg.min_free;
 	st->yielded = j->yielded;

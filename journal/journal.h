@@ -141,6 +141,12 @@ struct journal_config {
 	uint64_t max_bytes, min_free;
 	/* fault injection for tests: fail the Nth segment write / flush (1-based; 0: never) */
 	unsigned fail_write_at, fail_flush_at;
+	/*
+	 * Test aid: the Nth direct write on the ring is refused before anything
+	 * is written, with EINVAL, as by a device whose blocks are larger than
+	 * 4 KiB (1-based; 0: never).
+	 */
+	unsigned refuse_direct_at;
 };
 
 struct journal_stats {
@@ -151,6 +157,7 @@ struct journal_stats {
 	uint64_t segments, segment_bytes; /* segment files in use (spares excluded) and their size */
 	uint64_t flushes, records;
 	int error;                    /* 0, or the -errno that stopped the journal */
+	bool direct;                  /* segment writes bypass the page cache (O_DIRECT) */
 	uint64_t max_bytes, min_free; /* the limits soft holds give way at (0: none) */
 	uint64_t yielded;             /* segments recycled although a soft hold wanted them */
 	uint64_t yielded_at;          /* when the last of them went (seconds since the epoch) */
