@@ -504,6 +504,15 @@ static void test_replay_idempotent(void **state)
 
 /* ---- the live journal ---- */
 
+/* Empty scratch directories SCRATCH/jTAG and SCRATCH/tTAG (512 bytes each), a new journal in the first. */
+static void fresh_journal(const char *tag, char *jdir, char *tree)
+{
+	snprintf(jdir, 512, "%s/j%s", scratch, tag);
+	snprintf(tree, 512, "%s/t%s", scratch, tag);
+	sh("rm -rf %s %s && mkdir -p %s", jdir, tree, tree);
+	assert_int_equal(journal_create(jdir, 4 << 20, 0), 0);
+}
+
 static struct journal *open_live(const char *jdir, const char *tree, unsigned fail_write,
 				 unsigned fail_flush, struct replay_result *rr)
 {
@@ -533,10 +542,7 @@ static void test_failure_reported(void **state)
 			struct journal *j;
 			int err = 0, failed_at = 0;
 
-			snprintf(jdir, sizeof(jdir), "%s/jf", scratch);
-			snprintf(tree, sizeof(tree), "%s/tf", scratch);
-			sh("rm -rf %s %s && mkdir -p %s", jdir, tree, tree);
-			assert_int_equal(journal_create(jdir, 4 << 20, 0), 0);
+			fresh_journal("f", jdir, tree);
 			j = open_live(jdir, tree, which ? 0 : nth, which ? nth : 0, &rr);
 			for (int i = 1; i <= 6; i++) {
 				uint64_t end = journal_append(j, &r, false, &err);
@@ -699,10 +705,7 @@ static void test_direct_refused(void **state)
 	uint64_t records = 0;
 
 	(void)state;
-	snprintf(jdir, sizeof(jdir), "%s/jd", scratch);
-	snprintf(tree, sizeof(tree), "%s/td", scratch);
-	sh("rm -rf %s %s && mkdir -p %s", jdir, tree, tree);
-	assert_int_equal(journal_create(jdir, 4 << 20, 0), 0);
+	fresh_journal("d", jdir, tree);
 	cfg.dir = jdir;
 	cfg.backing_fd = open(tree, O_RDONLY | O_DIRECTORY);
 	assert_int_equal(journal_open(&cfg, &j, &rr), 0);
@@ -842,10 +845,7 @@ static void test_signals(void **state)
 	int n = 0;
 
 	(void)state;
-	snprintf(jdir, sizeof(jdir), "%s/jsig", scratch);
-	snprintf(tree, sizeof(tree), "%s/tsig", scratch);
-	sh("rm -rf %s %s && mkdir -p %s", jdir, tree, tree);
-	assert_int_equal(journal_create(jdir, 4 << 20, 0), 0);
+	fresh_journal("sig", jdir, tree);
 	sigemptyset(&sa.sa_mask);
 	assert_int_equal(sigaction(SIGUSR1, &sa, &old), 0);
 	j = open_live(jdir, tree, 0, 0, &rr);
