@@ -221,6 +221,8 @@ void times_show(struct drfs_fs *fs, struct stat *st);
 /* The kernel set INO's ctime to K (a SETATTR), now applied: AFTER is the backing's stat. */
 void times_kernel_ctime(struct drfs_fs *fs, uint64_t ino, const struct timespec *k,
 			const struct stat *after);
+/* A name of INO was removed (unlink, rename over it): its ctime is no longer kept. */
+void times_forget(struct drfs_fs *fs, uint64_t ino);
 /*
  * Around applying data to regular file FD (WRITE, COPY, FALLOCATE): when
  * times_data_before() returns true, call times_data_after() once the data

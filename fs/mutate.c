@@ -717,6 +717,9 @@ static ssize_t journaled(struct drfs_fs *fs, struct mutation *m)
 	ret = apply(fs, m);
 	if (ret < 0)
 		return ret;
+	/* a name is gone: the kernel resends the ctime of what it still has links to */
+	if (victim.ino)
+		times_forget(fs, victim.ino);
 
 	switch (m->type) {
 	case MUT_CREATE:

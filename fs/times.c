@@ -385,6 +385,25 @@ void times_kernel_ctime(struct drfs_fs *fs, uint64_t ino, const struct timespec 
 	pthread_mutex_unlock(&c->lock);
 }
 
+void times_forget(struct drfs_fs *fs, uint64_t ino)
+{
+	struct ctimes *c = fs->ctimes;
+	struct ct_ent **pp;
+
+	if (!c)
+		return;
+	pthread_mutex_lock(&c->lock);
+	for (pp = &c->tab[ct_slot(ino)]; *pp; pp = &(*pp)->next)
+		if ((*pp)->ino == ino) {
+			struct ct_ent *e = *pp;
+			*pp = e->next;
+			free(e);
+			c->count--;
+			break;
+		}
+	pthread_mutex_unlock(&c->lock);
+}
+
 bool times_data_before(struct drfs_fs *fs, int fd, struct stat *before)
 {
 	return fs->kernel_times && fstat(fd, before) == 0 && S_ISREG(before->st_mode);
