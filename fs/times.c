@@ -68,7 +68,7 @@ static void atime_setup(struct drfs_fs *fs)
 {
 	struct mount_attr attr = { .attr_set = MOUNT_ATTR_STRICTATIME, .attr_clr = MOUNT_ATTR__ATIME };
 	struct statx sx;
-	int fd;
+	int fd, err;
 
 	if (statx(AT_FDCWD, fs->cfg.mountpoint, AT_STATX_DONT_SYNC | AT_NO_AUTOMOUNT, MNT_ID_UNIQUE,
 		  &sx) == 0 && (sx.stx_mask & MNT_ID_UNIQUE))
@@ -78,17 +78,19 @@ static void atime_setup(struct drfs_fs *fs)
 			 fs->cfg.mountpoint);
 	fd = (int)syscall(SYS_open_tree, fs->mount_fd, "",
 			  OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH);
+	err = errno;
 	if (fd >= 0) {
 		/* open_by_handle_at wants a real fd on the mount, not an O_PATH one */
 		int dfd = syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0
 				  ? -1
 				  : openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		err = errno;
 		close(fd);
 		fd = dfd;
 	}
 	if (fd < 0) {
 		log_warn("access times will not change: cannot clone the mount of %s (%s)",
-			 fs->cfg.backing, strerror(errno));
+			 fs->cfg.backing, strerror(err));
 		return;
 	}
 	fs->atime_fd = fd;
