@@ -685,6 +685,8 @@ static void *journal_thread(void *arg)
 		j->writing = true;
 		pthread_mutex_unlock(&j->lock);
 
+		if (j->cfg.batch_hook)
+			j->cfg.batch_hook(j->cfg.batch_hook_arg);
 		ret = write_batch(j, batch, flush, &flushed);
 		free_list(batch);
 

@@ -147,6 +147,9 @@ struct journal_config {
 	 * 4 KiB (1-based; 0: never).
 	 */
 	unsigned refuse_direct_at;
+	/* Test aid: called by the journal thread with a batch in hand, before writing it. */
+	void (*batch_hook)(void *arg);
+	void *batch_hook_arg;
 };
 
 struct journal_stats {

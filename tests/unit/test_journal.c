@@ -735,6 +735,107 @@ static void test_direct_refused(void **state)
 	assert_int_equal(records, 2001);
 }
 
+/* The batch hook of test_fail_in_flight: holds the journal thread until released. */
+struct gate {
+	pthread_mutex_t lock;
+	pthread_cond_t cv;
+	bool armed, entered, open;
+};
+
+static void gate_hook(void *arg)
+{
+	struct gate *g = arg;
+
+	pthread_mutex_lock(&g->lock);
+	if (g->armed) {
+		g->entered = true;
+		pthread_cond_broadcast(&g->cv);
+		while (!g->open)
+			pthread_cond_wait(&g->cv, &g->lock);
+	}
+	pthread_mutex_unlock(&g->lock);
+}
+
+struct waiter {
+	struct journal *j;
+	char *data;                   /* lent to the record: freed once the wait returns */
+	int ret;
+	atomic_bool returned;
+};
+
+static void *lend_and_wait(void *arg)
+{
+	struct waiter *w = arg;
+	struct jrec r = { .type = JR_WRITE, .fid = { 9, 1 }, .data = w->data, .data_len = 4096 };
+	int err;
+	uint64_t end = journal_append(w->j, &r, true, &err);
+
+	assert_true(end > 0);
+	w->ret = journal_wait(w->j, end);
+	atomic_store(&w->returned, true);
+	memset(w->data, 0xee, 4096);  /* what the caller may do with its buffer now */
+	return NULL;
+}
+
+/*
+ * The journal fails (a write could not be applied) while its thread writes
+ * a batch holding a record whose data the waiter lent: the waiter returns
+ * only once that batch is written, so it never frees data still being read;
+ * the batch reaches the segment whole, and the next mount's replay reads it.
+ */
+static void test_fail_in_flight(void **state)
+{
+	char jdir[512], tree[512];
+	struct gate g = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, true, false, false };
+	struct journal_config cfg = { .checkpoint_interval_ms = 100000, .batch_hook = gate_hook,
+				      .batch_hook_arg = &g };
+	struct waiter w = { .data = malloc(4096) };
+	struct replay_result rr;
+	struct jreader *rd;
+	struct jrec r;
+	pthread_t t;
+	int found = 0;
+
+	(void)state;
+	fresh_journal("fl", jdir, tree);
+	cfg.dir = jdir;
+	cfg.backing_fd = open(tree, O_RDONLY | O_DIRECTORY);
+	assert_int_equal(journal_open(&cfg, &w.j, &rr), 0);
+	assert_int_equal(journal_start(w.j), 0);
+	memset(w.data, 'd', 4096);
+	pthread_create(&t, NULL, lend_and_wait, &w);
+	pthread_mutex_lock(&g.lock);
+	while (!g.entered)
+		pthread_cond_wait(&g.cv, &g.lock);
+	pthread_mutex_unlock(&g.lock);
+	/* the batch is in hand, not yet written: the journal fails now */
+	journal_fail(w.j, -EIO, "a test apply");
+	usleep(100000);
+	assert_false(atomic_load(&w.returned));
+	pthread_mutex_lock(&g.lock);
+	g.open = true;
+	pthread_cond_broadcast(&g.cv);
+	pthread_mutex_unlock(&g.lock);
+	pthread_join(t, NULL);
+	/* that batch was written and flushed: its record is durable, and the wait says so */
+	assert_int_equal(w.ret, 0);
+	assert_int_not_equal(journal_close(w.j), 0);
+	close(cfg.backing_fd);
+	free(w.data);
+
+	/* the record is in the segment, whole: 'd's, not what the waiter wrote after */
+	assert_int_equal(jreader_open(jdir, 0, &rd), 0);
+	while (jreader_next(rd, &r) == 1)
+		if (r.type == JR_WRITE) {
+			assert_int_equal(r.data_len, 4096);
+			assert_int_equal(((const unsigned char *)r.data)[4095], 'd');
+			found++;
+		}
+	assert_null(jreader_stop(rd));
+	jreader_close(rd);
+	assert_int_equal(found, 1);
+}
+
 /* Appends ~MIB MiB of 64 KiB WRITE records to J and waits for them. */
 static void append_mib(struct journal *j, int mib)
 {
@@ -877,6 +978,7 @@ int main(void)
 		cmocka_unit_test(test_failure_reported),
 		cmocka_unit_test(test_live_segments),
 		cmocka_unit_test(test_direct_refused),
+		cmocka_unit_test(test_fail_in_flight),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
