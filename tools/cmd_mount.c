@@ -353,22 +353,28 @@ static int mount_options_of(const char *mnt, char *buf, size_t len)
  */
 static int do_remount(const char *mnt_arg, const char *opts, bool bind_only)
 {
+	/*
+	 * Each word clears CLEAR, then sets SET.  The atime modes are one
+	 * setting, the last named wins, and "atime" is the kernel's default,
+	 * relatime: a remount naming no mode keeps the mount's, so switching
+	 * back from noatime must name one.
+	 */
+	static const unsigned long modes = MS_NOATIME | MS_RELATIME | MS_STRICTATIME;
 	static const struct {
 		const char *name;
-		unsigned long flag;
-		bool set;
+		unsigned long clear, set;
 	} flags[] = {
-		{ "ro", MS_RDONLY, true },         { "rw", MS_RDONLY, false },
-		{ "nosuid", MS_NOSUID, true },     { "suid", MS_NOSUID, false },
-		{ "nodev", MS_NODEV, true },       { "dev", MS_NODEV, false },
-		{ "noexec", MS_NOEXEC, true },     { "exec", MS_NOEXEC, false },
-		{ "noatime", MS_NOATIME, true },   { "atime", MS_NOATIME, false },
-		{ "nodiratime", MS_NODIRATIME, true }, { "diratime", MS_NODIRATIME, false },
-		{ "relatime", MS_RELATIME, true }, { "norelatime", MS_RELATIME, false },
-		{ "strictatime", MS_STRICTATIME, true }, { "nostrictatime", MS_STRICTATIME, false },
-		{ "sync", MS_SYNCHRONOUS, true },  { "async", MS_SYNCHRONOUS, false },
-		{ "dirsync", MS_DIRSYNC, true },   { "lazytime", MS_LAZYTIME, true },
-		{ "nolazytime", MS_LAZYTIME, false },
+		{ "ro", 0, MS_RDONLY },            { "rw", MS_RDONLY, 0 },
+		{ "nosuid", 0, MS_NOSUID },        { "suid", MS_NOSUID, 0 },
+		{ "nodev", 0, MS_NODEV },          { "dev", MS_NODEV, 0 },
+		{ "noexec", 0, MS_NOEXEC },        { "exec", MS_NOEXEC, 0 },
+		{ "noatime", modes, MS_NOATIME },  { "atime", modes, MS_RELATIME },
+		{ "relatime", modes, MS_RELATIME }, { "norelatime", MS_RELATIME, 0 },
+		{ "strictatime", modes, MS_STRICTATIME }, { "nostrictatime", MS_STRICTATIME, 0 },
+		{ "nodiratime", 0, MS_NODIRATIME }, { "diratime", MS_NODIRATIME, 0 },
+		{ "sync", 0, MS_SYNCHRONOUS },     { "async", MS_SYNCHRONOUS, 0 },
+		{ "dirsync", 0, MS_DIRSYNC },      { "lazytime", 0, MS_LAZYTIME },
+		{ "nolazytime", MS_LAZYTIME, 0 },
 	};
 	char *mnt = path_absolute(mnt_arg), *fstype = NULL, *buf = NULL, *key, *value;
 	char current[1024];
@@ -389,23 +395,11 @@ static int do_remount(const char *mnt_arg, const char *opts, bool bind_only)
 	for (int pass = 0; pass < 2; pass++) {
 		const char *cur = pass ? opts : current;
 
-		while (opt_next(&cur, buf, &key, &value)) {
-			/*
-			 * One atime mode at a time, the last named; "atime" is the
-			 * kernel's default (relatime).  A remount naming none keeps the
-			 * mount's mode, so switching back must name one.
-			 */
-			static const unsigned long modes = MS_NOATIME | MS_RELATIME | MS_STRICTATIME;
-			if (!strcmp(key, "noatime") || !strcmp(key, "relatime") ||
-			    !strcmp(key, "strictatime") || !strcmp(key, "atime"))
-				ms = (ms & ~modes) | (!strcmp(key, "atime") ? MS_RELATIME : 0);
+		while (opt_next(&cur, buf, &key, &value))
 			for (size_t i = 0; i < ARRAY_SIZE(flags); i++)
-				if (!strcmp(key, flags[i].name) && strcmp(key, "atime"))
-					ms = flags[i].set ? ms | flags[i].flag : ms & ~flags[i].flag;
-		}
+				if (!strcmp(key, flags[i].name))
+					ms = (ms & ~flags[i].clear) | flags[i].set;
 	}
-	if (ms & MS_STRICTATIME)
-		ms &= ~(MS_RELATIME | MS_NOATIME);
 	if (mount(NULL, mnt, NULL, ms, NULL) < 0) {
 		say_error("cannot remount %s: %s", mnt, strerror(errno));
 		goto out;
