@@ -399,6 +399,12 @@ static int do_remount(const char *mnt_arg, const char *opts, bool bind_only)
 			for (size_t i = 0; i < ARRAY_SIZE(flags); i++)
 				if (!strcmp(key, flags[i].name))
 					ms = (ms & ~flags[i].clear) | flags[i].set;
+		/*
+		 * The kernel lists no word for strictatime; and with nodiratime
+		 * given, a remount naming no mode falls back to relatime.
+		 */
+		if (pass == 0 && !(ms & modes))
+			ms |= MS_STRICTATIME;
 	}
 	if (mount(NULL, mnt, NULL, ms, NULL) < 0) {
 		say_error("cannot remount %s: %s", mnt, strerror(errno));

@@ -65,6 +65,11 @@ check "remount,atime" "$DRFS" mount -o remount,atime "$B" "$M"
 check "remount,atime: the mount is relatime again" grep -q " $M fuse.drfs .*relatime" /proc/mounts
 cat "$M/f" >/dev/null
 check "remount,atime: reading moves atime again" test "$a0" != "$(at "$M/f")"
+# a remount that names no atime mode keeps strictatime (which the kernel lists as no word)
+"$DRFS" mount -o remount,strictatime,nodiratime "$B" "$M"
+check "remount,ro keeps strictatime" "$DRFS" mount -o remount,ro "$B" "$M"
+check "remount,ro: no relatime" eval "! grep -q ' $M fuse.drfs .*relatime' /proc/mounts"
+"$DRFS" mount -o remount,rw,relatime,diratime "$B" "$M"
 
 # mtime and ctime across a remount, after every kind of change
 cycle
