@@ -199,13 +199,12 @@ int replay_open_fid(int root_fd, struct replay_map *m, struct jfid fid, int flag
 static int replay_data(int root_fd, struct replay_map *m, const struct jrec *r)
 {
 	int fd = replay_open_fid(root_fd, m, r->fid, O_WRONLY), ret;
-
 	struct stat before;
 	bool keep;
 
 	if (fd < 0)
 		return fd == -ESTALE ? 0 : fd;
-	/* a file's mtime comes from SETATTR records only, as on the live mount */
+	/* a data record keeps the file's mtime, as on the live mount (fs/times.c) */
 	keep = fstat(fd, &before) == 0;
 	if (r->type == JR_FALLOCATE)
 		ret = fallocate(fd, (int)r->xflags, (off_t)r->offset, (off_t)r->size) < 0 ? -errno : 1;
