@@ -44,6 +44,7 @@ struct drfs_inode {
 	mode_t type;               /* S_IFMT bits; protected by fs->lock */
 	int fd;                    /* O_PATH fd (directories, or no handles), else -1; set once */
 	_Atomic uint64_t data_lsn; /* end of the last data record (WRITE, COPY, FALLOCATE, size) */
+	_Atomic bool anon;         /* made with O_TMPFILE, not linked yet: not journaled (mutate.c) */
 	int handle_type;           /* valid when fd < 0; protected by fs->lock */
 	unsigned int handle_bytes;
 	unsigned char handle[INODE_HANDLE_MAX];
@@ -72,6 +73,8 @@ struct drfs_fs {
 	 * writing (writers preferred, so a stream of changes cannot starve it).
 	 */
 	pthread_rwlock_t freeze;
+	/* Orders changes to files without a name and their first link (mutate.c). */
+	pthread_mutex_t anon_lock;
 	int snapshot_hold;         /* journal hold id for the next snapshot, or -1 */
 	struct furing *uring;      /* requests over io_uring (uring.c), or NULL */
 	bool kernel_times;         /* the kernel keeps regular files' mtime and ctime (writeback cache) */
@@ -98,6 +101,11 @@ int inode_lookup(struct drfs_fs *fs, struct drfs_inode *dir, const char *name,
  * decodes an exported file handle), found even when it is not cached.
  */
 int inode_lookup_self(struct drfs_fs *fs, fuse_ino_t ino, struct fuse_entry_param *e);
+/*
+ * The entry for the file without a name (O_TMPFILE) open as FD: kept by an
+ * O_PATH fd and marked anonymous; fills E as inode_lookup() does.  0 or -errno.
+ */
+int inode_lookup_anon(struct drfs_fs *fs, int fd, struct fuse_entry_param *e);
 void inode_forget(struct drfs_fs *fs, struct drfs_inode *inode, uint64_t n);
 /*
  * An fd that reaches INODE: the cached O_PATH fd (borrowed: *OWNED false) or
@@ -123,6 +131,7 @@ bool fs_is_hidden(struct drfs_fs *fs, struct drfs_inode *dir, const char *name);
  */
 enum mutation_type {
 	MUT_CREATE,        /* dir, name, mode, uid, gid, umask, open_flags -> fd */
+	MUT_TMPFILE,       /* dir, mode, uid, gid, umask, open_flags -> fd of a file without a name */
 	MUT_MKNOD,         /* dir, name, mode, rdev, uid, gid, umask */
 	MUT_MKDIR,         /* dir, name, mode, uid, gid, umask */
 	MUT_SYMLINK,       /* dir, name, target, uid, gid */
@@ -266,5 +275,7 @@ void *furing_reply_buffer(size_t *size);
  * clearing of set-id bits to the daemon (FUSE_HANDLE_KILLPRIV_V2).
  */
 bool furing_kills_setid(void);
+/* Whether the request being served came as FUSE_TMPFILE (served as a CREATE). */
+bool furing_is_tmpfile(void);
 
 #endif /* DRFS_FS_I_H */

@@ -268,9 +268,11 @@ static struct drfs_inode *inode_new(struct drfs_fs *fs, int dirfd, const char *n
 /*
  * Finds or makes the table entry for the object NAME in FD (FD itself when
  * NAME is "") whose attributes are in E->attr, adds a lookup reference and
- * completes E.  Returns 0 or -errno.
+ * completes E.  BY_FD: a new entry keeps an fd even where a handle would
+ * do.  Returns 0 or -errno.
  */
-static int inode_bind(struct drfs_fs *fs, int fd, const char *name, struct fuse_entry_param *e)
+static int inode_bind(struct drfs_fs *fs, int fd, const char *name, struct fuse_entry_param *e,
+		      bool by_fd)
 {
 	struct drfs_inode *in, *fresh = NULL;
 	struct handle_buf h;
@@ -279,7 +281,7 @@ static int inode_bind(struct drfs_fs *fs, int fd, const char *name, struct fuse_
 	if (e->attr.st_dev != fs->backing_dev)
 		return -EXDEV; /* another filesystem mounted inside the backing tree */
 	/* Directories keep an fd; everything else is known by its handle. */
-	if (fs->use_handles && !S_ISDIR(e->attr.st_mode)) {
+	if (fs->use_handles && !S_ISDIR(e->attr.st_mode) && !by_fd) {
 		int r = handle_of(fd, name, &h);
 		if (r && r != -EOPNOTSUPP && r != -EOVERFLOW)
 			return r;
@@ -358,7 +360,7 @@ int inode_lookup(struct drfs_fs *fs, struct drfs_inode *dir, const char *name,
 		ret = fstatat(dirfd, name, &e->attr, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
 	}
 	if (!ret)
-		ret = inode_bind(fs, dirfd, name, e);
+		ret = inode_bind(fs, dirfd, name, e, false);
 	if (owned)
 		close(dirfd);
 	return ret;
@@ -399,10 +401,35 @@ int inode_lookup_self(struct drfs_fs *fs, fuse_ino_t ino, struct fuse_entry_para
 	else if (e->attr.st_ino != ino && ino != FUSE_ROOT_ID)
 		ret = -ESTALE;
 	else
-		ret = inode_bind(fs, fd, "", e);
+		ret = inode_bind(fs, fd, "", e, false);
 	if (owned)
 		close(fd);
 	return ret;
+}
+
+int inode_lookup_anon(struct drfs_fs *fs, int fd, struct fuse_entry_param *e)
+{
+	struct drfs_inode *in;
+	char path[32];
+	int pfd, ret;
+
+	memset(e, 0, sizeof(*e));
+	if (fstat(fd, &e->attr) < 0)
+		return -errno;
+	/* a file without a name has no handle that opens it once our fds are closed */
+	proc_fd_path(path, fd);
+	pfd = open(path, O_PATH | O_CLOEXEC);
+	if (pfd < 0)
+		return -errno;
+	ret = inode_bind(fs, pfd, "", e, true);
+	close(pfd);
+	if (ret)
+		return ret;
+	in = inode_get(fs, e->ino);
+	if (!in)
+		return -ESTALE;   /* cannot happen: the kernel does not know the node id yet */
+	atomic_store(&in->anon, true);
+	return 0;
 }
 
 void inode_forget(struct drfs_fs *fs, struct drfs_inode *inode, uint64_t n)

@@ -104,8 +104,14 @@ static ssize_t do_create(struct drfs_fs *fs, struct mutation *m, int dirfd)
 	if (fstat(dirfd, &dir_st) < 0)
 		return -errno;
 	thread_umask(m->umask);
-	fd = openat(dirfd, m->name, flags | O_CREAT | O_EXCL, m->mode);
-	if (fd < 0 && errno == EEXIST && !(m->open_flags & O_EXCL)) {
+	if (m->type == MUT_TMPFILE) {
+		/* linkable in the backing: the kernel enforces the caller's O_EXCL */
+		flags &= ~(O_TMPFILE | O_CREAT | O_EXCL | O_TRUNC | O_NOFOLLOW);
+		fd = openat(dirfd, ".", flags | O_TMPFILE, m->mode);
+	} else {
+		fd = openat(dirfd, m->name, flags | O_CREAT | O_EXCL, m->mode);
+	}
+	if (fd < 0 && errno == EEXIST && !(m->open_flags & O_EXCL) && m->type == MUT_CREATE) {
 		created = false;
 		fd = openat(dirfd, m->name, flags & ~O_CREAT, m->mode);
 	}
@@ -116,7 +122,8 @@ static ssize_t do_create(struct drfs_fs *fs, struct mutation *m, int dirfd)
 		ret = set_owner(fd, "", m, &dir_st);
 		if (ret) {
 			close(fd);
-			unlinkat(dirfd, m->name, 0);
+			if (m->type == MUT_CREATE)
+				unlinkat(dirfd, m->name, 0);
 			return ret;
 		}
 	}
@@ -242,6 +249,7 @@ static ssize_t apply(struct drfs_fs *fs, struct mutation *m)
 
 	switch (m->type) {
 	case MUT_CREATE:
+	case MUT_TMPFILE:
 		ret = do_create(fs, m, fd);
 		break;
 	case MUT_MKNOD:
@@ -310,7 +318,8 @@ struct jfid fs_fid(struct drfs_fs *fs, struct drfs_inode *inode)
 
 int fs_sync(struct drfs_fs *fs, struct drfs_inode *inode, bool datasync)
 {
-	if (!fs->journal)
+	/* a file without a name does not outlive a crash: nothing to make durable */
+	if (!fs->journal || (inode && atomic_load(&inode->anon)))
 		return 0;
 	if (datasync && inode)
 		return journal_wait(fs->journal, atomic_load(&inode->data_lsn));
@@ -779,6 +788,136 @@ static ssize_t journaled(struct drfs_fs *fs, struct mutation *m)
 	return end < 0 ? end : ret;
 }
 
+/*
+ * The first link of a file made with O_TMPFILE (docs/design.md "O_TMPFILE"):
+ * applied, then recorded as the create and writes it stands for: CREATE,
+ * a WRITE per data extent and MiB, a SETXATTR per xattr, a SETATTR of size
+ * and times.  The caller holds anon_lock, so nothing changes the file
+ * meanwhile.
+ */
+static ssize_t first_link(struct drfs_fs *fs, struct mutation *m)
+{
+	struct jrec r = { .type = JR_CREATE, .fid = fs_fid(fs, m->node), .fid2 = fs_fid(fs, m->dir) };
+	char path[32], *buf = NULL, *names = NULL;
+	int64_t end;
+	ssize_t ret, n;
+	struct stat st;
+	bool owned;
+	int fd;
+
+	if (journal_error(fs->journal))
+		return -EIO;
+	ret = apply(fs, m);
+	if (ret < 0)
+		return ret;
+	fd = inode_fd(fs, m->node, O_PATH, &owned);
+	if (fd < 0)
+		return fd;
+	proc_fd_path(path, fd);
+	if (owned)
+		close(fd);
+	fd = open(path, O_RDONLY | O_NOATIME | O_CLOEXEC);
+	if (fd < 0)
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		ret = -errno;
+		goto out;
+	}
+	if (!(buf = malloc(JREC_MAX_DATA))) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	name_of(&r, m->name, false);
+	stat_to_rec(&r, &st);
+	if ((end = log_rec(fs, &r, false, false)) < 0) {
+		ret = end;
+		goto out;
+	}
+
+	/* the data, extent by extent: holes stay holes */
+	for (off_t pos = 0; pos < st.st_size;) {
+		off_t data = lseek(fd, pos, SEEK_DATA), hole;
+
+		if (data < 0 && errno == ENXIO)
+			break;
+		hole = data < 0 ? -1 : lseek(fd, data, SEEK_HOLE);
+		if (hole < 0) {
+			ret = -errno;
+			goto out;
+		}
+		for (pos = data; pos < hole; pos += n) {
+			size_t want = (size_t)(hole - pos) < JREC_MAX_DATA ? (size_t)(hole - pos)
+									    : JREC_MAX_DATA;
+
+			n = pread(fd, buf, want, pos);
+			if (n <= 0) {
+				ret = n < 0 ? -errno : -EIO;
+				goto out;
+			}
+			memset(&r, 0, sizeof(r));
+			r.type = JR_WRITE;
+			r.fid = fs_fid(fs, m->node);
+			r.offset = (uint64_t)pos;
+			r.data = buf;
+			r.data_len = (size_t)n;
+			if ((end = log_rec(fs, &r, false, false)) < 0) {
+				ret = end;
+				goto out;
+			}
+		}
+	}
+
+	/* xattrs: ACLs, security labels, user attributes */
+	n = flistxattr(fd, NULL, 0);
+	if (n > 0 && (names = malloc((size_t)n)) && (n = flistxattr(fd, names, (size_t)n)) > 0) {
+		for (char *x = names; x < names + n; x += strlen(x) + 1) {
+			ssize_t len = fgetxattr(fd, x, buf, JREC_MAX_DATA);
+
+			if (len < 0)
+				continue;   /* removed meanwhile, or not ours to read */
+			memset(&r, 0, sizeof(r));
+			r.type = JR_SETXATTR;
+			r.fid = fs_fid(fs, m->node);
+			r.data = buf;
+			r.data_len = (size_t)len;
+			name_of(&r, x, false);
+			if ((end = log_rec(fs, &r, false, false)) < 0) {
+				ret = end;
+				goto out;
+			}
+		}
+	}
+
+	/* size (a hole at the end) and times, as the file has them */
+	memset(&r, 0, sizeof(r));
+	r.type = JR_SETATTR;
+	r.fid = fs_fid(fs, m->node);
+	stat_to_rec(&r, &st);
+	r.mask = JA_SIZE | JA_ATIME | JA_MTIME;
+	if ((end = log_rec(fs, &r, false, false)) < 0) {
+		ret = end;
+		goto out;
+	}
+	atomic_store(&m->node->data_lsn, (uint64_t)end);
+	atomic_store(&m->node->anon, false);
+	ret = 0;
+out:
+	free(names);
+	free(buf);
+	if (fd >= 0)
+		close(fd);
+	return ret;
+}
+
+/* Whether M changes a file without a name (or links it): not journaled as such. */
+static bool anon_change(const struct mutation *m)
+{
+	return m->node && atomic_load(&m->node->anon) &&
+	       (m->type == MUT_WRITE || m->type == MUT_FALLOCATE || m->type == MUT_COPY_RANGE ||
+		m->type == MUT_SETATTR || m->type == MUT_SETXATTR || m->type == MUT_REMOVEXATTR ||
+		m->type == MUT_LINK);
+}
+
 ssize_t fs_mutate(struct drfs_fs *fs, struct mutation *m)
 {
 	ssize_t ret;
@@ -787,8 +926,25 @@ ssize_t fs_mutate(struct drfs_fs *fs, struct mutation *m)
 	if ((m->dir && m->name && fs_is_hidden(fs, m->dir, m->name)) ||
 	    (m->newdir && m->newname && fs_is_hidden(fs, m->newdir, m->newname)))
 		return -EPERM;
-	if (!fs->journal)
+	if (!fs->journal || m->type == MUT_TMPFILE)
 		return apply(fs, m);
+	if (anon_change(m)) {
+		pthread_mutex_lock(&fs->anon_lock);
+		if (atomic_load(&m->node->anon)) {
+			if (m->type == MUT_LINK) {
+				pthread_rwlock_rdlock(&fs->freeze);
+				journal_apply_begin(fs->journal);
+				ret = first_link(fs, m);
+				journal_apply_end(fs->journal);
+				pthread_rwlock_unlock(&fs->freeze);
+			} else {
+				ret = apply(fs, m);
+			}
+			pthread_mutex_unlock(&fs->anon_lock);
+			return ret;
+		}
+		pthread_mutex_unlock(&fs->anon_lock);   /* linked meanwhile: journaled below */
+	}
 	pthread_rwlock_rdlock(&fs->freeze);
 	journal_apply_begin(fs->journal);
 	ret = journaled(fs, m);

@@ -430,8 +430,10 @@ static void set_open_reply(struct fuse_file_info *fi, int fd)
 static void drfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
 			struct fuse_file_info *fi)
 {
-	struct mutation m = { .type = MUT_CREATE, .name = name, .mode = mode,
-			      .open_flags = backing_flags(fi->flags) };
+	/* O_TMPFILE comes as a CREATE of "/" (uring.c, docs/design.md "O_TMPFILE") */
+	bool tmp = furing_is_tmpfile();
+	struct mutation m = { .type = tmp ? MUT_TMPFILE : MUT_CREATE, .name = name,
+			      .mode = mode, .open_flags = backing_flags(fi->flags) };
 	struct fuse_entry_param e;
 	bool kill = furing_kills_setid();
 	ssize_t fd;
@@ -445,7 +447,8 @@ static void drfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mod
 		fuse_reply_err(req, (int)-fd);
 		return;
 	}
-	ret = inode_lookup(fs_of(req), m.dir, name, &e);
+	ret = tmp ? inode_lookup_anon(fs_of(req), (int)fd, &e)
+		      : inode_lookup(fs_of(req), m.dir, name, &e);
 	/* an existing file opened with O_TRUNC by a caller without CAP_FSETID */
 	if (!ret && !m.created && kill) {
 		struct drfs_inode *in = inode_get(fs_of(req), e.ino);

@@ -81,6 +81,7 @@ int fs_open(const struct fs_config *cfg, struct drfs_fs **out)
 	fs->cfg = *cfg;
 	fs->timeout = DRFS_CACHE_TIMEOUT;
 	pthread_mutex_init(&fs->lock, NULL);
+	pthread_mutex_init(&fs->anon_lock, NULL);
 	pthread_rwlockattr_t rwa;
 	pthread_rwlockattr_init(&rwa);
 	pthread_rwlockattr_setkind_np(&rwa, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -173,6 +174,7 @@ out_table:
 	inode_table_release(fs);
 out_free:
 	pthread_rwlock_destroy(&fs->freeze);
+	pthread_mutex_destroy(&fs->anon_lock);
 	pthread_mutex_destroy(&fs->lock);
 	free(fs);
 	return ret;
@@ -325,6 +327,7 @@ void fs_close(struct drfs_fs *fs)
 		log_error("the journal was not closed cleanly; the next mount replays it");
 	inode_table_release(fs);
 	pthread_rwlock_destroy(&fs->freeze);
+	pthread_mutex_destroy(&fs->anon_lock);
 	pthread_mutex_destroy(&fs->lock);
 	free(fs);
 }

@@ -107,6 +107,8 @@ struct furing {
 static __thread struct ring_thread *self;
 /* The request this thread serves asks for set-id bits to be cleared. */
 static __thread bool kills_setid;
+/* The request this thread serves came as FUSE_TMPFILE (relabelled CREATE). */
+static __thread bool is_tmpfile;
 
 /* Writes LINE (how requests reach the daemon) where 'drfs status' reads it. */
 static void furing_report(struct drfs_fs *fs, const char *line)
@@ -120,23 +122,35 @@ static void furing_report(struct drfs_fs *fs, const char *line)
 
 /*
  * Notes, for the thread that goes on to serve it, whether request BUF (LEN
- * bytes as the kernel sent it) carries a set-id flag libfuse drops.
+ * bytes as the kernel sent it) carries a set-id flag libfuse drops, and
+ * relabels a TMPFILE as the CREATE it is laid out as (docs/design.md
+ * "O_TMPFILE"), which libfuse 3.14 would refuse as unknown.
  */
-static void note_request(const void *buf, size_t len)
+static void note_request(void *buf, size_t len)
 {
-	const struct fuse_in_header *in = buf;
+	struct fuse_in_header *in = buf;
 	const char *arg = (const char *)(in + 1);
 
 	kills_setid = false;
+	is_tmpfile = false;
 	if (len < sizeof(*in))
 		return;
 	len -= sizeof(*in);
+	if (in->opcode == FUSE_TMPFILE && len >= sizeof(struct fuse_create_in)) {
+		in->opcode = FUSE_CREATE;
+		is_tmpfile = true;
+	}
 	if (in->opcode == FUSE_WRITE && len >= sizeof(struct fuse_write_in))
 		kills_setid = ((const struct fuse_write_in *)arg)->write_flags & FUSE_WRITE_KILL_SUIDGID;
 	else if (in->opcode == FUSE_OPEN && len >= sizeof(struct fuse_open_in))
 		kills_setid = ((const struct fuse_open_in *)arg)->open_flags & FUSE_OPEN_KILL_SUIDGID;
 	else if (in->opcode == FUSE_CREATE && len >= sizeof(struct fuse_create_in))
 		kills_setid = ((const struct fuse_create_in *)arg)->open_flags & FUSE_OPEN_KILL_SUIDGID;
+}
+
+bool furing_is_tmpfile(void)
+{
+	return is_tmpfile;
 }
 
 bool furing_kills_setid(void)

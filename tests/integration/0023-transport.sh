@@ -4,7 +4,7 @@
 # queue per CPU served by threads pinned to that CPU; with fuse_uring=off,
 # and on older kernels, over /dev/fuse.  Both serve the same filesystem:
 # the error-code battery, data written and read back cold, many small
-# files, a crash and its replay.
+# files, O_TMPFILE, a crash and its replay.
 . "$(dirname "$0")/lib.sh"
 
 param=/sys/module/fuse/parameters/enable_uring
@@ -55,6 +55,9 @@ for mode in auto off; do
 	check_eq "$mode: a small file's content" 217 "$(cat "$M/small/f217")"
 	rm -f "$M"/small/f1*
 	check_eq "$mode: unlinked" 189 "$(ls "$M/small" | wc -l)"
+	# the transport relabels FUSE_TMPFILE, which libfuse does not know
+	check_eq "$mode: O_TMPFILE made and linked" ok "$("$FSOPS" tmpfile "$M" tmpname payload)"
+	check_eq "$mode: O_TMPFILE content" payload "$(cat "$M/tmpname")"
 
 	# a crash: what fsync acknowledged is there after the replay
 	echo acked >"$M/acked"

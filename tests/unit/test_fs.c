@@ -355,6 +355,105 @@ static void test_times_kept(void **state)
 	close(fd);
 }
 
+/*
+ * O_TMPFILE with a journal: nothing is recorded while the file has no name;
+ * its first link records CREATE, one WRITE per data extent (the hole left
+ * out), its xattr and a SETATTR of size and times; later changes are
+ * journaled as for any file.
+ */
+static void test_tmpfile_first_link(void **state)
+{
+	struct fixture *f = *state;
+	struct journal_config cfg = { .checkpoint_interval_ms = 100000 };
+	struct fuse_entry_param e;
+	struct jreader *rd;
+	struct jrec r;
+	char jdir[128], path[160], big[4096];
+	struct stat st;
+	struct jfid fid;
+
+	snprintf(jdir, sizeof(jdir), "%s.journal", f->dir);
+	assert_int_equal(journal_create(jdir, 4 << 20, 0), 0);
+	cfg.dir = jdir;
+	cfg.backing_fd = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	assert_int_equal(journal_open(&cfg, &f->fs.journal, NULL), 0);
+	assert_int_equal(journal_start(f->fs.journal), 0);
+
+	struct mutation c = { .type = MUT_TMPFILE, .dir = f->fs.root, .name = "/", .mode = 0600,
+			      .open_flags = O_RDWR };
+	ssize_t fd = fs_mutate(&f->fs, &c);
+	assert_true(fd >= 0);
+	assert_int_equal(inode_lookup_anon(&f->fs, (int)fd, &e), 0);
+	assert_int_equal(e.attr.st_nlink, 0);
+	struct drfs_inode *in = inode_get(&f->fs, e.ino);
+	assert_non_null(in);
+	assert_true(atomic_load(&in->anon));
+
+	memset(big, 'b', sizeof(big));
+	struct mutation w1 = { .type = MUT_WRITE, .node = in, .fd = (int)fd, .offset = 0,
+			       .data = big, .size = sizeof(big) };
+	struct mutation w2 = { .type = MUT_WRITE, .node = in, .fd = (int)fd, .offset = 4 << 20,
+			       .data = "tail", .size = 4 };
+	struct mutation x = { .type = MUT_SETXATTR, .node = in, .xname = "user.k", .data = "v",
+			      .size = 1 };
+	assert_int_equal(fs_mutate(&f->fs, &w1), (ssize_t)sizeof(big));
+	assert_int_equal(fs_mutate(&f->fs, &w2), 4);
+	assert_int_equal(fs_mutate(&f->fs, &x), 0);
+	assert_int_equal(fs_sync(&f->fs, in, false), 0);
+	assert_int_equal(journal_head(f->fs.journal), 0);          /* nothing recorded */
+
+	struct mutation ln = { .type = MUT_LINK, .node = in, .dir = f->fs.root, .name = "named" };
+	assert_int_equal(fs_mutate(&f->fs, &ln), 0);
+	assert_false(atomic_load(&in->anon));
+	snprintf(path, sizeof(path), "%s/named", f->dir);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_nlink, 1);
+	assert_int_equal(st.st_size, (4 << 20) + 4);
+	/* a change after the link is journaled like any other */
+	struct mutation w3 = { .type = MUT_WRITE, .node = in, .fd = (int)fd, .offset = 1,
+			       .data = "x", .size = 1 };
+	assert_int_equal(fs_mutate(&f->fs, &w3), 1);
+	assert_int_equal(fs_sync(&f->fs, NULL, false), 0);
+	assert_int_equal(atomic_load(&in->data_lsn), journal_head(f->fs.journal));
+
+	fid = fs_fid(&f->fs, in);
+	assert_int_equal(jreader_open(jdir, 0, &rd), 0);
+	assert_int_equal(jreader_next(rd, &r), 1);
+	assert_int_equal(r.type, JR_CREATE);
+	assert_int_equal(r.name_len, 5);
+	assert_memory_equal(r.name, "named", 5);
+	assert_int_equal(r.fid.ino, fid.ino);
+	assert_int_equal(r.mode & 07777, 0600);
+	assert_int_equal(jreader_next(rd, &r), 1);
+	assert_int_equal(r.type, JR_WRITE);
+	assert_int_equal(r.offset, 0);
+	assert_int_equal(r.data_len, sizeof(big));
+	assert_int_equal(jreader_next(rd, &r), 1);
+	assert_int_equal(r.type, JR_WRITE);                        /* the hole is skipped */
+	assert_true(r.offset > sizeof(big) && r.offset <= 4 << 20);
+	assert_int_equal(r.offset + r.data_len, (4 << 20) + 4);
+	assert_int_equal(jreader_next(rd, &r), 1);
+	assert_int_equal(r.type, JR_SETXATTR);
+	assert_memory_equal(r.name, "user.k", 6);
+	assert_int_equal(jreader_next(rd, &r), 1);
+	assert_int_equal(r.type, JR_SETATTR);
+	assert_true(r.mask & JA_SIZE);
+	assert_int_equal(r.size, (4 << 20) + 4);
+	assert_int_equal(jreader_next(rd, &r), 1);
+	assert_int_equal(r.type, JR_WRITE);
+	assert_int_equal(r.offset, 1);
+	assert_int_equal(jreader_next(rd, &r), 0);
+	jreader_close(rd);
+
+	close((int)fd);
+	inode_forget(&f->fs, in, 1);
+	assert_int_equal(journal_close(f->fs.journal), 0);
+	f->fs.journal = NULL;
+	close(cfg.backing_fd);
+	snprintf(path, sizeof(path), "rm -rf %s", jdir);
+	assert_int_equal(system(path), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -364,6 +463,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_create_rollback, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_inode_number_reuse, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_times_kept, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_tmpfile_first_link, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("fs", tests, NULL, NULL);
 }
