@@ -938,6 +938,9 @@ ssize_t fs_mutate(struct drfs_fs *fs, struct mutation *m)
 				journal_apply_end(fs->journal);
 				pthread_rwlock_unlock(&fs->freeze);
 			} else {
+				/* a copy reads its source after the source's pending writes */
+				if (m->type == MUT_COPY_RANGE && fs->pending)
+					pending_wait(fs, m->src->ino, false);
 				ret = apply(fs, m);
 			}
 			pthread_mutex_unlock(&fs->anon_lock);

@@ -73,6 +73,29 @@ mkdir "$M/u" && chown 65534:65534 "$M/u"
 check_eq "made and linked by another user" "0 0 1" "$(tmpf "$M/u" f "" 65534)"
 check_eq "owned by that user" "65534:65534 640" "$(stat -c '%u:%g %a' "$M/u/f")"
 
+# copy_file_range into a file without a name reads what was just written to the source
+cat >"$T/copy.py" <<'EOF'
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+d = sys.argv[1]
+ok = 0
+for i in range(20):
+    data = os.urandom(65536)
+    src = os.open(os.path.join(d, "src%d" % i), os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(src, data)
+    fd = os.open(d, os.O_TMPFILE | os.O_RDWR, 0o644)
+    n = os.copy_file_range(src, fd, len(data), 0, 0)
+    if libc.linkat(-100, b"/proc/self/fd/%d" % fd, -100, os.path.join(d, "copy%d" % i).encode(), 0x400):
+        sys.exit("linkat failed")
+    ok += n == len(data) and os.pread(fd, len(data), 0) == data
+    os.close(fd); os.close(src)
+print(ok)
+EOF
+check_eq "copy_file_range into it, 20 times: the source's new bytes each time" 20 "$(python3 "$T/copy.py" "$M")"
+for i in 0 7 19; do
+	check "copy $i linked with the source's bytes" cmp -s "$M/src$i" "$M/copy$i"
+done
+
 # ---- a daemon crash after the link: replay keeps it ----
 check_eq "linked before a crash" "0 0 1" "$(tmpf "$M" c)"
 pid=$(daemon_pid "$B")
