@@ -10,7 +10,9 @@
 #   --compare DRFS: also runs every job on a mount made by that other drfs
 #          binary (an earlier commit's build), in the same rounds, and reports
 #          its median and the ratio drfs/other: an A/B without the drift
-#          between two separate runs.
+#          between two separate runs.  With OTHER_OPTS, the other mount
+#          gets those options instead of DRFS_OPTS: --compare ./drfs with
+#          OTHER_OPTS=fuse_uring=off compares the two transports of one build.
 #   env: BENCH_DIR (default /var/tmp/drfs-bench), REPS (3), SEQ_SIZE (1G)
 #        BENCH_JOBS="job ..." runs only these jobs (names as in the report, or
 #          shell patterns: BENCH_JOBS="pgbench files-*"); default: all
@@ -91,7 +93,8 @@ pid_other=""
 if [ -n "$other" ]; then
 	mkdir -p "$dir/backing-other" "$dir/other"
 	"$other" init "$dir/backing-other" >/dev/null || exit 1
-	"$other" mount "$dir/backing-other" "$dir/other" -o "allow_other${DRFS_OPTS:+,$DRFS_OPTS}" || exit 1
+	other_opts=${OTHER_OPTS-${DRFS_OPTS:-}}
+	"$other" mount "$dir/backing-other" "$dir/other" -o "allow_other${other_opts:+,$other_opts}" || exit 1
 	pid_other=$(sed -n 's/^pid=//p' "$dir/backing-other/.drfs/mount")
 	targets+=("$dir/other")
 fi
@@ -278,6 +281,9 @@ if "pgbench" in order:
           sys.argv[7])
 PY
 )
+report="$report
+drfs mount options: allow_other${DRFS_OPTS:+,$DRFS_OPTS}"
+[ -n "$other" ] && report="$report; other drfs ($other): allow_other${other_opts:+,$other_opts}"
 echo "$report"
 if [ -n "$out" ]; then
 	{ echo "$report"; echo; echo "raw values (job side value):"; sed 's/^/    /' "$results"; } >"$out"
