@@ -111,7 +111,16 @@ pg_kill() {
 	pg_pid=""
 }
 cleanup() {
+	local rc=$? log
 	pg_kill
+	# a failed run keeps what the daemons said
+	if [ "$rc" != 0 ]; then
+		for log in "$dir"/backing/.drfs/drfs.log "$dir"/backing-other/.drfs/drfs.log; do
+			[ -s "$log" ] || continue
+			cp "$log" "/tmp/drfs-bench-$(basename "$(dirname "$(dirname "$log")")").log" &&
+				echo "bench: the daemon's log is in /tmp/drfs-bench-$(basename "$(dirname "$(dirname "$log")")").log" >&2
+		done
+	fi
 	mountpoint -q "$dir/mnt" && { "$drfs" umount "$dir/mnt" || umount -l "$dir/mnt"; }
 	kill -9 "$pid" 2>/dev/null
 	if [ -n "$pid_other" ]; then
