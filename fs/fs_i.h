@@ -63,6 +63,7 @@ struct drfs_fs {
 	pthread_mutex_t lock;      /* protects the inode table and every nlookup */
 	struct drfs_inode **table;
 	size_t table_size, table_count;
+	struct drfs_inode *retired; /* entries whose node id went to a new object; freed with the table */
 	bool use_handles;
 	bool mounted;
 	struct journal *journal;   /* NULL only in unit tests that run without one */

@@ -114,6 +114,11 @@ void inode_table_release(struct drfs_fs *fs)
 	}
 	free(fs->table);
 	fs->table = NULL;
+	for (struct drfs_inode *in = fs->retired, *next; in; in = next) {
+		next = in->next;
+		inode_free(in);
+	}
+	fs->retired = NULL;
 	free(fs->root);
 	fs->root = NULL;
 	close(fs->mount_fd);
@@ -277,6 +282,7 @@ static int inode_bind(struct drfs_fs *fs, int fd, const char *name, struct fuse_
 	struct drfs_inode *in, *fresh = NULL;
 	struct handle_buf h;
 	bool have_handle = false;
+	uint64_t carried = 0;
 
 	if (e->attr.st_dev != fs->backing_dev)
 		return -EXDEV; /* another filesystem mounted inside the backing tree */
@@ -297,9 +303,19 @@ static int inode_bind(struct drfs_fs *fs, int fd, const char *name, struct fuse_
 		in->type = e->attr.st_mode & S_IFMT;
 	}
 	if (in && (in->type != (e->attr.st_mode & S_IFMT) || (in->fd < 0 && !have_handle))) {
-		/* Reused for an object that needs an fd: retire the old entry. */
+		/*
+		 * Reused for an object that needs an fd: retire the old entry.
+		 * The kernel still forgets its old inode by this node id, so the
+		 * new entry takes over the old lookup count, as a rebind does;
+		 * the old entry is kept (a request may still hold it) and freed
+		 * with the table.
+		 */
 		table_remove(fs, in);
-		in->ino = 0; /* unreachable now; freed at its last forget */
+		carried = in->nlookup;
+		in->nlookup = 0;
+		in->ino = 0;
+		in->next = fs->retired;
+		fs->retired = in;
 		in = NULL;
 	}
 	if (in)
@@ -314,11 +330,11 @@ static int inode_bind(struct drfs_fs *fs, int fd, const char *name, struct fuse_
 		in = table_find(fs, e->attr.st_ino);
 		if (in) {
 			/* Another thread inserted it meanwhile. */
-			in->nlookup++;
+			in->nlookup += 1 + carried;
 		} else {
 			in = fresh;
 			fresh = NULL;
-			in->nlookup = 1;
+			in->nlookup = 1 + carried;
 			table_insert(fs, in);
 		}
 		pthread_mutex_unlock(&fs->lock);
@@ -442,9 +458,9 @@ void inode_forget(struct drfs_fs *fs, struct drfs_inode *inode, uint64_t n)
 	if (inode->nlookup < n)
 		n = inode->nlookup;
 	inode->nlookup -= n;
-	if (inode->nlookup == 0) {
-		if (inode->ino)
-			table_remove(fs, inode);
+	/* a retired entry (ino 0) is freed with the table: its count went to its successor */
+	if (inode->nlookup == 0 && inode->ino) {
+		table_remove(fs, inode);
 		release = true;
 	}
 	pthread_mutex_unlock(&fs->lock);

@@ -9,7 +9,8 @@
  * "run" creates DIR (which must not exist yet) and changes files in it at
  * random until it is killed, or for OPS operations: writes of 1 byte to
  * 256 KiB at random offsets (files up to 4 MiB, at most 40 files in DIR and
- * up to four subdirectories), creates, renames (also over another file),
+ * up to four subdirectories), creates (one in four with O_TMPFILE: written,
+ * sometimes fdatasynced, then linked in), renames (also over another file),
  * unlinks, truncates up and down, fallocates (preallocating, also past the
  * end; punching holes; zeroing ranges), mkdir, closes, stray fsyncs, and rereads
  * checked against its model, which holds every file's full content.  Every
@@ -430,6 +431,49 @@ static void op_create(struct run *r)
 		write_at(r, f, 0, rnd_len(r));
 }
 
+/*
+ * O_TMPFILE in a random directory, written while it has no name, then
+ * linked in under a new name: from the link on it is like any other file.
+ */
+static void op_tmpfile(struct run *r)
+{
+	char name[NAME_LEN], dir[NAME_LEN], *slash;
+	struct file *f;
+	size_t len = r->total + MAX_WRITE <= MAX_TOTAL ? rnd_len(r) : 0;
+	int fd;
+
+	if (r->nfiles == MAX_FILES) {
+		op_resize(r);
+		return;
+	}
+	new_name(r, name);
+	snprintf(dir, sizeof(dir), "%s", name);
+	slash = strrchr(dir, '/');
+	if (slash)
+		*slash = 0;
+	else
+		snprintf(dir, sizeof(dir), ".");
+	fd = openat(r->dir, dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
+	if (fd < 0)
+		stop("open O_TMPFILE in", dir);
+	f = &r->files[r->nfiles++];
+	memset(f, 0, sizeof(*f));
+	snprintf(f->name, sizeof(f->name), "%s", name);
+	f->fd = fd;
+	if (len) {
+		file_resize(r, f, len);
+		fill_random(r, f->data, len);
+		errno = EIO;
+		if (pwrite(fd, f->data, len, 0) != (ssize_t)len)
+			stop("pwrite O_TMPFILE for", name);
+	}
+	if (rnd(r, 2) && fdatasync(fd) < 0)
+		stop("fdatasync O_TMPFILE for", name);
+	touch(r, 'T', name, NULL);
+	if (linkat(fd, "", r->dir, name, AT_EMPTY_PATH) < 0)
+		stop("linkat O_TMPFILE as", name);
+}
+
 /* Renames a file to a new name or over another file. */
 static void op_rename(struct run *r)
 {
@@ -544,7 +588,7 @@ static void step(struct run *r)
 
 	r->ops++;
 	if (r->nfiles == 0 || rnd(r, r->nfiles < 20 ? 5 : 12) == 0)
-		op_create(r);
+		rnd(r, 4) ? op_create(r) : op_tmpfile(r);
 	else if (k < 45)
 		op_write(r);
 	else if (k < 51)

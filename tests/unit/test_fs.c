@@ -276,6 +276,51 @@ static void test_inode_number_reuse(void **state)
 	assert_null(inode_get(&f->fs, e.ino));
 }
 
+/*
+ * A deleted file's inode number given to an object that needs an fd (here a
+ * file made with O_TMPFILE): the kernel forgets its old inode by that node
+ * id afterwards, and that forget must not take the new entry with it.
+ */
+static void test_reuse_for_fd_entry(void **state)
+{
+	struct fixture *f = *state;
+	struct fuse_entry_param e, e2;
+	char path[160];
+	int attempt, fd = -1;
+
+	snprintf(path, sizeof(path), "%s/old", f->dir);
+	close(open(path, O_CREAT | O_WRONLY, 0644));
+	struct drfs_inode *old = lookup(f, f->fs.root, "old", &e);
+	if (old->fd >= 0)
+		skip(); /* no file handles on this filesystem: fds pin inodes */
+	assert_int_equal(unlink(path), 0);
+	for (attempt = 0; attempt < 200; attempt++) {
+		struct mutation c = { .type = MUT_TMPFILE, .dir = f->fs.root, .name = "/",
+				      .mode = 0600, .open_flags = O_RDWR };
+		struct stat st;
+
+		fd = (int)fs_mutate(&f->fs, &c);
+		assert_true(fd >= 0);
+		assert_int_equal(fstat(fd, &st), 0);
+		if (st.st_ino == e.ino)
+			break;
+		close(fd);
+	}
+	if (attempt == 200)
+		skip(); /* the backing filesystem did not reuse the number */
+	assert_int_equal(inode_lookup_anon(&f->fs, fd, &e2), 0);
+	assert_int_equal(e2.ino, e.ino);
+	struct drfs_inode *fresh = inode_get(&f->fs, e2.ino);
+	assert_non_null(fresh);
+	assert_ptr_not_equal(fresh, old);
+	assert_int_equal(fresh->nlookup, 2);             /* the old inode's count came along */
+	inode_forget(&f->fs, inode_get(&f->fs, e.ino), 1); /* the kernel forgets the old inode */
+	assert_ptr_equal(inode_get(&f->fs, e2.ino), fresh);
+	inode_forget(&f->fs, fresh, 1);                  /* and then the new one */
+	assert_null(inode_get(&f->fs, e2.ino));
+	close(fd);
+}
+
 static bool ts_equal(struct timespec a, struct timespec b)
 {
 	return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
@@ -462,6 +507,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_mutations, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_create_rollback, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_inode_number_reuse, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reuse_for_fd_entry, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_times_kept, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_tmpfile_first_link, setup, teardown),
 	};
