@@ -323,16 +323,22 @@ static struct file *any_file(struct run *r)
 	return &r->files[rnd(r, (size_t)r->nfiles)];
 }
 
-/* Writes LEN random bytes at OFF into F (the caller keeps to the limits). */
-static void write_at(struct run *r, struct file *f, size_t off, size_t len)
+/* Writes LEN random bytes at OFF into F and the model, claiming nothing. */
+static void put_bytes(struct run *r, struct file *f, size_t off, size_t len)
 {
-	touch(r, 'W', f->name, NULL);
 	if (off + len > f->size)
 		file_resize(r, f, off + len);
 	fill_random(r, f->data + off, len);
 	errno = EIO;
 	if (pwrite(file_fd(f, r), f->data + off, len, (off_t)off) != (ssize_t)len)
 		stop("pwrite", f->name);
+}
+
+/* Writes LEN random bytes at OFF into F (the caller keeps to the limits). */
+static void write_at(struct run *r, struct file *f, size_t off, size_t len)
+{
+	touch(r, 'W', f->name, NULL);
+	put_bytes(r, f, off, len);
 }
 
 static void op_truncate(struct run *r, struct file *f, size_t size)
@@ -408,38 +414,15 @@ static void op_fallocate(struct run *r)
 		memset(f->data + off, 0, (end < f->size ? end : f->size) - off);
 }
 
-static void op_create(struct run *r)
-{
-	char name[NAME_LEN];
-	struct file *f;
-	int fd;
-
-	if (r->nfiles == MAX_FILES) {
-		op_resize(r);
-		return;
-	}
-	new_name(r, name);
-	touch(r, 'T', name, NULL);
-	fd = openat(r->dir, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-	if (fd < 0)
-		stop("create", name);
-	f = &r->files[r->nfiles++];
-	memset(f, 0, sizeof(*f));
-	snprintf(f->name, sizeof(f->name), "%s", name);
-	f->fd = fd;
-	if (rnd(r, 4) && r->total + MAX_WRITE <= MAX_TOTAL)
-		write_at(r, f, 0, rnd_len(r));
-}
-
 /*
- * O_TMPFILE in a random directory, written while it has no name, then
- * linked in under a new name: from the link on it is like any other file.
+ * A new file under a new name in a random directory.  TMPFILE: made with
+ * O_TMPFILE, written while it has no name (nothing claimed), sometimes
+ * fdatasynced, then linked in; from the link on it is like any other file.
  */
-static void op_tmpfile(struct run *r)
+static void op_create(struct run *r, bool tmpfile)
 {
 	char name[NAME_LEN], dir[NAME_LEN], *slash;
 	struct file *f;
-	size_t len = r->total + MAX_WRITE <= MAX_TOTAL ? rnd_len(r) : 0;
 	int fd;
 
 	if (r->nfiles == MAX_FILES) {
@@ -447,26 +430,31 @@ static void op_tmpfile(struct run *r)
 		return;
 	}
 	new_name(r, name);
-	snprintf(dir, sizeof(dir), "%s", name);
-	slash = strrchr(dir, '/');
-	if (slash)
-		*slash = 0;
-	else
-		snprintf(dir, sizeof(dir), ".");
-	fd = openat(r->dir, dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
+	if (tmpfile) {
+		snprintf(dir, sizeof(dir), "%s", name);
+		slash = strrchr(dir, '/');
+		if (slash)
+			*slash = 0;
+		else
+			snprintf(dir, sizeof(dir), ".");
+		fd = openat(r->dir, dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
+	} else {
+		touch(r, 'T', name, NULL);
+		fd = openat(r->dir, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	}
 	if (fd < 0)
-		stop("open O_TMPFILE in", dir);
+		stop(tmpfile ? "open O_TMPFILE for" : "create", name);
 	f = &r->files[r->nfiles++];
 	memset(f, 0, sizeof(*f));
 	snprintf(f->name, sizeof(f->name), "%s", name);
 	f->fd = fd;
-	if (len) {
-		file_resize(r, f, len);
-		fill_random(r, f->data, len);
-		errno = EIO;
-		if (pwrite(fd, f->data, len, 0) != (ssize_t)len)
-			stop("pwrite O_TMPFILE for", name);
+	if (!tmpfile) {
+		if (rnd(r, 4) && r->total + MAX_WRITE <= MAX_TOTAL)
+			write_at(r, f, 0, rnd_len(r));
+		return;
 	}
+	if (rnd(r, 4) && r->total + MAX_WRITE <= MAX_TOTAL)
+		put_bytes(r, f, 0, rnd_len(r));
 	if (rnd(r, 2) && fdatasync(fd) < 0)
 		stop("fdatasync O_TMPFILE for", name);
 	touch(r, 'T', name, NULL);
@@ -510,7 +498,7 @@ static void op_mkdir(struct run *r)
 	char *name = r->dirs[r->ndirs];
 
 	if (r->ndirs == MAX_DIRS) {
-		op_create(r);
+		op_create(r, false);
 		return;
 	}
 	snprintf(name, NAME_LEN, "d%d", r->ndirs);
@@ -588,7 +576,7 @@ static void step(struct run *r)
 
 	r->ops++;
 	if (r->nfiles == 0 || rnd(r, r->nfiles < 20 ? 5 : 12) == 0)
-		rnd(r, 4) ? op_create(r) : op_tmpfile(r);
+		op_create(r, rnd(r, 4) == 0);
 	else if (k < 45)
 		op_write(r);
 	else if (k < 51)

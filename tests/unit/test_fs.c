@@ -230,6 +230,20 @@ static void test_create_rollback(void **state)
 	assert_int_equal(access(path, F_OK), -1);
 }
 
+/* A file "old" looked up (one lookup reference) and then deleted behind drfs's back. */
+static struct drfs_inode *looked_up_then_deleted(struct fixture *f, struct fuse_entry_param *e)
+{
+	char path[160];
+
+	snprintf(path, sizeof(path), "%s/old", f->dir);
+	close(open(path, O_CREAT | O_WRONLY, 0644));
+	struct drfs_inode *old = lookup(f, f->fs.root, "old", e);
+	if (old->fd >= 0)
+		skip(); /* no file handles on this filesystem: fds pin inodes */
+	assert_int_equal(unlink(path), 0);
+	return old;
+}
+
 /*
  * A deleted file's inode number given to a new file: the entry must follow
  * the new object (new generation, opens the new file), with its lookup count
@@ -243,12 +257,7 @@ static void test_inode_number_reuse(void **state)
 	struct stat st;
 	int attempt;
 
-	snprintf(path, sizeof(path), "%s/old", f->dir);
-	close(open(path, O_CREAT | O_WRONLY, 0644));
-	struct drfs_inode *old = lookup(f, f->fs.root, "old", &e);
-	if (old->fd >= 0)
-		skip(); /* no file handles on this filesystem: fds pin inodes */
-	assert_int_equal(unlink(path), 0);
+	struct drfs_inode *old = looked_up_then_deleted(f, &e);
 	for (attempt = 0; attempt < 50; attempt++) {
 		snprintf(path, sizeof(path), "%s/new%d", f->dir, attempt);
 		int fd = open(path, O_CREAT | O_WRONLY, 0644);
@@ -285,15 +294,9 @@ static void test_reuse_for_fd_entry(void **state)
 {
 	struct fixture *f = *state;
 	struct fuse_entry_param e, e2;
-	char path[160];
 	int attempt, fd = -1;
 
-	snprintf(path, sizeof(path), "%s/old", f->dir);
-	close(open(path, O_CREAT | O_WRONLY, 0644));
-	struct drfs_inode *old = lookup(f, f->fs.root, "old", &e);
-	if (old->fd >= 0)
-		skip(); /* no file handles on this filesystem: fds pin inodes */
-	assert_int_equal(unlink(path), 0);
+	struct drfs_inode *old = looked_up_then_deleted(f, &e);
 	for (attempt = 0; attempt < 200; attempt++) {
 		struct mutation c = { .type = MUT_TMPFILE, .dir = f->fs.root, .name = "/",
 				      .mode = 0600, .open_flags = O_RDWR };
