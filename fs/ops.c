@@ -486,8 +486,11 @@ static void drfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		struct mutation m = { .type = MUT_SETATTR, .node = in, .fd = fd,
 				      .valid = FUSE_SET_ATTR_SIZE };
 		struct stat st;
-		ssize_t ret = fstat(fd, &st) < 0 ? -errno : 0;
+		ssize_t ret;
 
+		/* the size to truncate is the file's with its acknowledged writes in */
+		pending_wait(fs_of(req), in->ino, false);
+		ret = fstat(fd, &st) < 0 ? -errno : 0;
 		if (!ret && st.st_size > 0)
 			ret = fs_mutate(fs_of(req), &m);
 		if (!ret && furing_kills_setid())

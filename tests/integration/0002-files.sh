@@ -96,6 +96,15 @@ check_eq "fstat of an open unlinked file" 0 "$(stat -L -c %h /proc/self/fd/7)"
 check "ftruncate on an open unlinked file" truncate -s 1 /proc/self/fd/7
 exec 7>&-
 
+# O_TRUNC right after a write: the truncation must not be skipped because the
+# backing file does not hold the write yet (it is applied once durable).
+mkdir "$M/trunc"
+for i in $(seq 1 50); do printf zz >"$M/trunc/$i"; : >"$M/trunc/$i"; done
+check_eq "O_TRUNC after a write: empty through the mount" 0 "$(cat "$M"/trunc/* | wc -c)"
+umount_drfs "$M" && mount_drfs "$B" "$M"
+check_eq "O_TRUNC after a write: empty after a remount" 0 "$(cat "$M"/trunc/* | wc -c)"
+check_eq "O_TRUNC after a write: empty in the backing" 0 "$(cat "$B"/trunc/* | wc -c)"
+
 # statfs agrees with the backing filesystem
 check_eq "statfs block size and total" "$(stat -f -c '%S %b' "$B")" "$(stat -f -c '%S %b' "$M")"
 
