@@ -273,11 +273,12 @@ static struct drfs_inode *inode_new(struct drfs_fs *fs, int dirfd, const char *n
 /*
  * Finds or makes the table entry for the object NAME in FD (FD itself when
  * NAME is "") whose attributes are in E->attr, adds a lookup reference and
- * completes E.  BY_FD: a new entry keeps an fd even where a handle would
- * do.  Returns 0 or -errno.
+ * completes E.  ANON: a file without a name (O_TMPFILE), which no handle
+ * reaches reliably: its entry keeps an fd and is marked anonymous.
+ * Returns 0 or -errno.
  */
 static int inode_bind(struct drfs_fs *fs, int fd, const char *name, struct fuse_entry_param *e,
-		      bool by_fd)
+		      bool anon)
 {
 	struct drfs_inode *in, *fresh = NULL;
 	struct handle_buf h;
@@ -287,7 +288,7 @@ static int inode_bind(struct drfs_fs *fs, int fd, const char *name, struct fuse_
 	if (e->attr.st_dev != fs->backing_dev)
 		return -EXDEV; /* another filesystem mounted inside the backing tree */
 	/* Directories keep an fd; everything else is known by its handle. */
-	if (fs->use_handles && !S_ISDIR(e->attr.st_mode) && !by_fd) {
+	if (fs->use_handles && !S_ISDIR(e->attr.st_mode) && !anon) {
 		int r = handle_of(fd, name, &h);
 		if (r && r != -EOPNOTSUPP && r != -EOVERFLOW)
 			return r;
@@ -344,6 +345,8 @@ static int inode_bind(struct drfs_fs *fs, int fd, const char *name, struct fuse_
 	pthread_mutex_lock(&fs->lock);
 	e->generation = in->gen;
 	pthread_mutex_unlock(&fs->lock);
+	if (anon)
+		atomic_store(&in->anon, true);
 	e->ino = in == fs->root ? FUSE_ROOT_ID : in->ino;
 	times_show(fs, &e->attr);
 	e->attr_timeout = fs->timeout;
@@ -425,27 +428,20 @@ int inode_lookup_self(struct drfs_fs *fs, fuse_ino_t ino, struct fuse_entry_para
 
 int inode_lookup_anon(struct drfs_fs *fs, int fd, struct fuse_entry_param *e)
 {
-	struct drfs_inode *in;
 	char path[32];
 	int pfd, ret;
 
 	memset(e, 0, sizeof(*e));
 	if (fstat(fd, &e->attr) < 0)
 		return -errno;
-	/* a file without a name has no handle that opens it once our fds are closed */
+	/* the entry keeps an O_PATH fd of its own */
 	proc_fd_path(path, fd);
 	pfd = open(path, O_PATH | O_CLOEXEC);
 	if (pfd < 0)
 		return -errno;
 	ret = inode_bind(fs, pfd, "", e, true);
 	close(pfd);
-	if (ret)
-		return ret;
-	in = inode_get(fs, e->ino);
-	if (!in)
-		return -ESTALE;   /* cannot happen: the kernel does not know the node id yet */
-	atomic_store(&in->anon, true);
-	return 0;
+	return ret;
 }
 
 void inode_forget(struct drfs_fs *fs, struct drfs_inode *inode, uint64_t n)

@@ -677,6 +677,19 @@ static ssize_t record_made(struct drfs_fs *fs, struct mutation *m, int newfd)
 	return end < 0 ? end : 0;
 }
 
+/*
+ * A data change reaches the file after the writes still pending on it; a
+ * copy reads its source after the source's.
+ */
+static void wait_pending(struct drfs_fs *fs, const struct mutation *m)
+{
+	if (m->type == MUT_COPY_RANGE)
+		pending_wait(fs, m->src->ino, false);
+	if (m->type == MUT_COPY_RANGE || m->type == MUT_FALLOCATE ||
+	    (m->type == MUT_SETATTR && (m->valid & FUSE_SET_ATTR_SIZE)))
+		pending_wait(fs, m->node->ino, false);
+}
+
 static ssize_t journaled(struct drfs_fs *fs, struct mutation *m)
 {
 	struct jrec r = { 0 };
@@ -685,12 +698,7 @@ static ssize_t journaled(struct drfs_fs *fs, struct mutation *m)
 	bool trunc;
 	int64_t end;
 
-	/* a data change reaches the file after the writes still pending on it */
-	if (m->type == MUT_COPY_RANGE)
-		pending_wait(fs, m->src->ino, false);
-	if (m->type == MUT_COPY_RANGE || m->type == MUT_FALLOCATE ||
-	    (m->type == MUT_SETATTR && (m->valid & FUSE_SET_ATTR_SIZE)))
-		pending_wait(fs, m->node->ino, false);
+	wait_pending(fs, m);
 	switch (m->type) {
 	case MUT_WRITE:
 		return journal_write(fs, m);
@@ -797,12 +805,12 @@ static ssize_t journaled(struct drfs_fs *fs, struct mutation *m)
  */
 static ssize_t first_link(struct drfs_fs *fs, struct mutation *m)
 {
-	struct jrec r = { .type = JR_CREATE, .fid = fs_fid(fs, m->node), .fid2 = fs_fid(fs, m->dir) };
-	char path[32], *buf = NULL, *names = NULL;
+	struct jfid fid = fs_fid(fs, m->node);
+	struct jrec r = { .type = JR_CREATE, .fid = fid, .fid2 = fs_fid(fs, m->dir) };
+	char *buf = NULL, *names = NULL;
 	int64_t end;
 	ssize_t ret, n;
 	struct stat st;
-	bool owned;
 	int fd;
 
 	if (journal_error(fs->journal))
@@ -810,16 +818,10 @@ static ssize_t first_link(struct drfs_fs *fs, struct mutation *m)
 	ret = apply(fs, m);
 	if (ret < 0)
 		return ret;
-	fd = inode_fd(fs, m->node, O_PATH, &owned);
+	fd = inode_open(fs, m->node, O_RDONLY | O_NOATIME);
 	if (fd < 0)
 		return fd;
-	proc_fd_path(path, fd);
-	if (owned)
-		close(fd);
-	fd = open(path, O_RDONLY | O_NOATIME | O_CLOEXEC);
-	if (fd < 0)
-		fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0 || fstat(fd, &st) < 0) {
+	if (fstat(fd, &st) < 0) {
 		ret = -errno;
 		goto out;
 	}
@@ -829,42 +831,28 @@ static ssize_t first_link(struct drfs_fs *fs, struct mutation *m)
 	}
 	name_of(&r, m->name, false);
 	stat_to_rec(&r, &st);
-	if ((end = log_rec(fs, &r, false, false)) < 0) {
-		ret = end;
-		goto out;
-	}
+	if ((end = log_rec(fs, &r, false, false)) < 0)
+		goto fail;
 
-	/* the data, extent by extent: holes stay holes */
-	for (off_t pos = 0; pos < st.st_size;) {
-		off_t data = lseek(fd, pos, SEEK_DATA), hole;
-
-		if (data < 0 && errno == ENXIO)
-			break;
-		hole = data < 0 ? -1 : lseek(fd, data, SEEK_HOLE);
-		if (hole < 0) {
-			ret = -errno;
+	/* the data, extent by extent and at most a record's worth at a time: holes stay holes */
+	for (off_t pos = 0, hole = 0; pos < st.st_size; pos += n) {
+		if (pos == hole) {
+			if ((pos = lseek(fd, pos, SEEK_DATA)) < 0 && errno == ENXIO)
+				break;
+			if (pos < 0 || (hole = lseek(fd, pos, SEEK_HOLE)) < 0) {
+				ret = -errno;
+				goto out;
+			}
+		}
+		n = pread(fd, buf, hole - pos < JREC_MAX_DATA ? (size_t)(hole - pos) : JREC_MAX_DATA, pos);
+		if (n <= 0) {
+			ret = n < 0 ? -errno : -EIO;
 			goto out;
 		}
-		for (pos = data; pos < hole; pos += n) {
-			size_t want = (size_t)(hole - pos) < JREC_MAX_DATA ? (size_t)(hole - pos)
-									    : JREC_MAX_DATA;
-
-			n = pread(fd, buf, want, pos);
-			if (n <= 0) {
-				ret = n < 0 ? -errno : -EIO;
-				goto out;
-			}
-			memset(&r, 0, sizeof(r));
-			r.type = JR_WRITE;
-			r.fid = fs_fid(fs, m->node);
-			r.offset = (uint64_t)pos;
-			r.data = buf;
-			r.data_len = (size_t)n;
-			if ((end = log_rec(fs, &r, false, false)) < 0) {
-				ret = end;
-				goto out;
-			}
-		}
+		r = (struct jrec){ .type = JR_WRITE, .fid = fid, .offset = (uint64_t)pos, .data = buf,
+				   .data_len = (size_t)n };
+		if ((end = log_rec(fs, &r, false, false)) < 0)
+			goto fail;
 	}
 
 	/* xattrs: ACLs, security labels, user attributes */
@@ -875,37 +863,30 @@ static ssize_t first_link(struct drfs_fs *fs, struct mutation *m)
 
 			if (len < 0)
 				continue;   /* removed meanwhile, or not ours to read */
-			memset(&r, 0, sizeof(r));
-			r.type = JR_SETXATTR;
-			r.fid = fs_fid(fs, m->node);
-			r.data = buf;
-			r.data_len = (size_t)len;
+			r = (struct jrec){ .type = JR_SETXATTR, .fid = fid, .data = buf,
+					   .data_len = (size_t)len };
 			name_of(&r, x, false);
-			if ((end = log_rec(fs, &r, false, false)) < 0) {
-				ret = end;
-				goto out;
-			}
+			if ((end = log_rec(fs, &r, false, false)) < 0)
+				goto fail;
 		}
 	}
 
 	/* size (a hole at the end) and times, as the file has them */
-	memset(&r, 0, sizeof(r));
-	r.type = JR_SETATTR;
-	r.fid = fs_fid(fs, m->node);
+	r = (struct jrec){ .type = JR_SETATTR, .fid = fid };
 	stat_to_rec(&r, &st);
 	r.mask = JA_SIZE | JA_ATIME | JA_MTIME;
-	if ((end = log_rec(fs, &r, false, false)) < 0) {
-		ret = end;
-		goto out;
-	}
+	if ((end = log_rec(fs, &r, false, false)) < 0)
+		goto fail;
 	atomic_store(&m->node->data_lsn, (uint64_t)end);
 	atomic_store(&m->node->anon, false);
 	ret = 0;
+	goto out;
+fail:
+	ret = end;
 out:
 	free(names);
 	free(buf);
-	if (fd >= 0)
-		close(fd);
+	close(fd);
 	return ret;
 }
 
@@ -938,9 +919,7 @@ ssize_t fs_mutate(struct drfs_fs *fs, struct mutation *m)
 				journal_apply_end(fs->journal);
 				pthread_rwlock_unlock(&fs->freeze);
 			} else {
-				/* a copy reads its source after the source's pending writes */
-				if (m->type == MUT_COPY_RANGE && fs->pending)
-					pending_wait(fs, m->src->ino, false);
+				wait_pending(fs, m);
 				ret = apply(fs, m);
 			}
 			pthread_mutex_unlock(&fs->anon_lock);

@@ -3,7 +3,8 @@
 # count 0, is in no directory and leaves nothing in the journal; its first
 # link records it as a create and writes (holes kept, xattrs, mode, owner),
 # so that it survives a daemon crash, a replay as after a machine restart
-# (the backing lost the link), and shows in snapshots.  O_EXCL makes it
+# (the backing lost the link), and shows in snapshots: one built from the
+# records has the root tree a scan has (invariant 4).  O_EXCL makes it
 # unlinkable, as natively.
 . "$(dirname "$0")/lib.sh"
 
@@ -95,6 +96,17 @@ check_eq "copy_file_range into it, 20 times: the source's new bytes each time" 2
 for i in 0 7 19; do
 	check "copy $i linked with the source's bytes" cmp -s "$M/src$i" "$M/copy$i"
 done
+
+# ---- invariant 4: the snapshot built from these records equals a scan ----
+last_field() {
+	"$DRFS" snapshots "$B" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[-1][sys.argv[1]])' "$1"
+}
+umount_drfs "$M"
+check_eq "the snapshot at unmount is built from the journal" journal "$(last_field source)"
+jtree=$(last_field tree)
+check "a snapshot by scan" "$DRFS" snapshot "$B" --scan --tag scan
+check_eq "its root tree equals the journal-built one" "$jtree" "$(last_field tree)"
+mount_drfs "$B" "$M" allow_other
 
 # ---- a daemon crash after the link: replay keeps it ----
 check_eq "linked before a crash" "0 0 1" "$(tmpf "$M" c)"
