@@ -18,9 +18,6 @@
  * stops the journal, which is then not marked clean, so the next mount
  * applies it again; nothing acknowledged is dropped.
  *
- * A large page-aligned WRITE is applied with O_DIRECT (docs/journal-design.md):
- * the mount's page cache holds the data already, the backing's need not.
- *
  * The checkpoint asks pending_min() for the oldest record not yet applied.
  */
 #include <errno.h>
@@ -36,8 +33,6 @@
 
 #define INO_BUCKETS 1024
 #define PENDING_LIMIT (64u << 20)   /* bytes waiting to be applied before writers wait */
-#define DIRECT_ALIGN 4096u          /* offset, length and buffer of a direct apply */
-#define DIRECT_MIN (128u << 10)     /* smaller WRITEs go through the page cache */
 
 struct pend_item {
 	struct pend_item *next;
@@ -48,7 +43,7 @@ struct pend_item {
 	struct timespec tv[2], ctime;
 	off_t off;
 	size_t len;
-	char *data;                 /* page-aligned, so that it can be written with O_DIRECT */
+	char data[];
 };
 
 struct pend_ino {
@@ -66,42 +61,8 @@ struct pending {
 	struct pend_ino *tab[INO_BUCKETS];
 	pthread_t thread;
 	bool stop;
-	bool buffered_only;         /* the backing refused O_DIRECT */
 	struct drfs_fs *fs;
 };
-
-static void item_free(struct pend_item *it)
-{
-	free(it->data);
-	free(it);
-}
-
-/*
- * Writes IT's data to its backing file: directly when it is large and
- * page-aligned, else (or when the backing refuses) through the page cache.
- */
-static int apply_write(struct pending *p, struct pend_item *it)
-{
-	if (!p->buffered_only && it->len >= DIRECT_MIN && !(it->len % DIRECT_ALIGN) &&
-	    !(it->off % DIRECT_ALIGN)) {
-		char path[64];
-		int dfd, err;
-
-		/* a new open file: O_DIRECT on IT's fd would reach the READs sharing it */
-		snprintf(path, sizeof(path), "/proc/self/fd/%d", it->fd);
-		dfd = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC);
-		if (dfd >= 0) {
-			err = pwrite_all(dfd, it->data, it->len, it->off);
-			close(dfd);
-			if (err != -EINVAL)
-				return err;
-			p->buffered_only = true;
-			log_warn("the backing filesystem refuses O_DIRECT writes (%s): "
-				 "writes are applied through its page cache", strerror(-err));
-		}
-	}
-	return pwrite_all(it->fd, it->data, it->len, it->off);
-}
 
 /* Caller holds p->lock. */
 static struct pend_ino *ino_get(struct pending *p, uint64_t ino, bool make)
@@ -180,7 +141,7 @@ static void *applier(void *arg)
 				struct stat before;
 				bool keep = times_data_before(p->fs, it->fd, &before);
 
-				err = apply_write(p, it);
+				err = pwrite_all(it->fd, it->data, it->len, it->off);
 				if (keep)
 					times_data_after(p->fs, it->ino, it->fd, &before);
 			}
@@ -208,7 +169,7 @@ static void *applier(void *arg)
 				ino_put(p, e);
 			}
 			pthread_cond_broadcast(&p->done);
-			item_free(it);
+			free(it);
 			if (it == last)
 				break;
 		}
@@ -282,7 +243,7 @@ static int enqueue(struct drfs_fs *fs, struct pend_item *it, struct jrec *r)
 			err = -ENOMEM;
 		}
 		close(it->fd);
-		item_free(it);
+		free(it);
 		return err;
 	}
 	/*
@@ -304,21 +265,17 @@ static int enqueue(struct drfs_fs *fs, struct pend_item *it, struct jrec *r)
 
 ssize_t pending_write(struct drfs_fs *fs, struct mutation *m, struct jrec *r)
 {
-	struct pend_item *it = calloc(1, sizeof(*it));
+	struct pend_item *it = calloc(1, sizeof(*it) + m->size);
 	uint64_t seen, end;
 	int err;
 
 	if (!it)
 		return -ENOMEM;
-	if (posix_memalign((void **)&it->data, DIRECT_ALIGN, m->size ? m->size : 1)) {
-		free(it);
-		return -ENOMEM;
-	}
 	memcpy(it->data, m->data, m->size);
 	it->fd = fcntl(m->fd, F_DUPFD_CLOEXEC, 0);
 	if (it->fd < 0) {
 		err = -errno;
-		item_free(it);
+		free(it);
 		return err;
 	}
 	it->ino = m->node->ino;

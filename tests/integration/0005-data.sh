@@ -53,18 +53,6 @@ check_eq "mmap data in the backing" MAPPED "$(dd if="$B/mm" bs=1 skip=5000 count
 dd if=/dev/urandom of="$T/r" bs=1M count=32 status=none
 dd if="$T/r" of=big bs=4M conv=fsync status=none
 check "32 MiB written with fsync reads back equal" cmp -s "$T/r" big
-# Large page-aligned WRITEs are applied with O_DIRECT (docs/journal-design.md):
-# once applied, the backing file's pages are not cached a second time.
-for i in $(seq 100); do
-	[ "$(stat -c %s "$B/big")" = $((32 << 20)) ] && break
-	sleep 0.1
-done
-res=$(fincore --bytes --noheadings --output RES "$B/big")
-check "large writes are not cached twice (backing file resident: $res bytes)" [ "${res:-33554432}" -lt $((4 << 20)) ]
-# a WRITE not on page boundaries goes through the backing's page cache
-head -c $((200 << 10)) /dev/urandom >"$T/u"
-dd if="$T/u" of=un bs=200K seek=1000 oflag=direct,seek_bytes status=none
-check "an unaligned 200 KiB direct write reads back" eval "dd if=un bs=1000 skip=1 status=none | cmp -s - '$T/u'"
 # reads that reach the daemon (O_DIRECT) see writes not yet applied to the backing file
 dd if="$T/r" of=big2 bs=1M count=8 status=none
 check "O_DIRECT read right after the write" eval "dd if=big2 iflag=direct bs=1M status=none | cmp -s - <(head -c 8M '$T/r')"
@@ -77,5 +65,4 @@ check "and the filesystem still takes writes" eval "echo ok >after-huge && [ \"\
 cd /
 umount_drfs "$M"
 check "32 MiB reached the backing exactly" cmp -s "$T/r" "$B/big"
-check "the unaligned write reached the backing exactly" eval "tail -c +1001 '$B/un' | cmp -s - '$T/u'"
 finish
