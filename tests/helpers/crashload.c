@@ -448,13 +448,10 @@ static void op_create(struct run *r, bool tmpfile)
 	memset(f, 0, sizeof(*f));
 	snprintf(f->name, sizeof(f->name), "%s", name);
 	f->fd = fd;
-	if (!tmpfile) {
-		if (rnd(r, 4) && r->total + MAX_WRITE <= MAX_TOTAL)
-			write_at(r, f, 0, rnd_len(r));
-		return;
-	}
 	if (rnd(r, 4) && r->total + MAX_WRITE <= MAX_TOTAL)
-		put_bytes(r, f, 0, rnd_len(r));
+		(tmpfile ? put_bytes : write_at)(r, f, 0, rnd_len(r));
+	if (!tmpfile)
+		return;
 	if (rnd(r, 2) && fdatasync(fd) < 0)
 		stop("fdatasync O_TMPFILE for", name);
 	touch(r, 'T', name, NULL);
