@@ -92,6 +92,15 @@ int read_file_small(const char *path, char **out, size_t *len);
 /* "/proc/self/fd/N" for FD into BUF (at least 32 bytes): a path that reaches the fd's object. */
 void proc_fd_path(char *buf, int fd);
 
+/*
+ * The first data extent of the file at FD at or after POS and below SIZE, by
+ * the rule of docs/format.md "Chunking": every extent of the allocation map
+ * (FS_IOC_FIEMAP) is data, written, unwritten or delayed, and touching
+ * extents merge; on file systems without FIEMAP, by SEEK_DATA and SEEK_HOLE.
+ * 0 with [*DS, *DE), *DE <= SIZE; 1: no data there; -errno.
+ */
+int file_extent_next(int fd, uint64_t pos, uint64_t size, uint64_t *ds, uint64_t *de);
+
 /* Full-length write/read loops over EINTR and short transfers; 0 or -errno. */
 int write_all(int fd, const void *buf, size_t len);
 /* The same at offset OFF with pwrite(2); a write of nothing gives -ENOSPC. */

@@ -10,6 +10,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
 
 #include "common.h"
 
@@ -421,4 +424,75 @@ int pread_all(int fd, void *buf, size_t len, off_t off)
 	if (n < 0)
 		return (int)n;
 	return (size_t)n == len ? 0 : -ENODATA;
+}
+
+/* file_extent_next by the allocation map; -EOPNOTSUPP: no FIEMAP here. */
+static int extent_fiemap(int fd, uint64_t pos, uint64_t size, uint64_t *ds, uint64_t *de)
+{
+	struct {
+		struct fiemap fm;
+		struct fiemap_extent fe[32];
+	} q;
+	bool found = false;
+
+	for (uint64_t at = pos; at < size;) {
+		memset(&q.fm, 0, sizeof(q.fm));
+		q.fm.fm_start = at;
+		q.fm.fm_length = size - at;
+		q.fm.fm_extent_count = 32;
+		if (ioctl(fd, FS_IOC_FIEMAP, &q.fm))
+			return errno == ENOTTY || errno == EOPNOTSUPP ? -EOPNOTSUPP : -errno;
+		if (!q.fm.fm_mapped_extents)
+			break;
+		for (uint32_t i = 0; i < q.fm.fm_mapped_extents; i++) {
+			const struct fiemap_extent *x = &q.fe[i];
+			uint64_t s = x->fe_logical, e = x->fe_logical + x->fe_length;
+			if (e <= pos)
+				continue;
+			if (!found) {
+				*ds = s > pos ? s : pos;
+				*de = e;
+				found = true;
+			} else if (s > *de) {
+				goto done;            /* a hole after the extent */
+			} else if (e > *de) {
+				*de = e;
+			}
+			if (x->fe_flags & FIEMAP_EXTENT_LAST)
+				goto done;
+		}
+		if (!found || *de <= at)
+			break;
+		at = *de;
+	}
+done:
+	if (!found || *ds >= size)
+		return 1;
+	if (*de > size)
+		*de = size;
+	return 0;
+}
+
+/* file_extent_next by SEEK_DATA and SEEK_HOLE. */
+static int extent_seek(int fd, uint64_t pos, uint64_t size, uint64_t *ds, uint64_t *de)
+{
+	off_t s = lseek(fd, (off_t)pos, SEEK_DATA);
+
+	if (s < 0)
+		return errno == ENXIO ? 1 : -errno;
+	off_t e = lseek(fd, s, SEEK_HOLE);
+	if (e < 0)
+		return -errno;
+	if ((uint64_t)s >= size)
+		return 1;
+	*ds = (uint64_t)s;
+	*de = (uint64_t)e > size ? size : (uint64_t)e;
+	return 0;
+}
+
+int file_extent_next(int fd, uint64_t pos, uint64_t size, uint64_t *ds, uint64_t *de)
+{
+	int ret = extent_fiemap(fd, pos, size, ds, de);
+
+	return ret == -EOPNOTSUPP ? extent_seek(fd, pos, size, ds, de) : ret;
 }

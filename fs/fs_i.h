@@ -45,6 +45,7 @@ struct drfs_inode {
 	int fd;                    /* O_PATH fd (directories, or no handles), else -1; set once */
 	_Atomic uint64_t data_lsn; /* end of the last data record (WRITE, COPY, FALLOCATE, size) */
 	_Atomic bool anon;         /* made with O_TMPFILE, not linked yet: not journaled (mutate.c) */
+	_Atomic uint32_t writers;  /* open handles that can write: the kernel may hold dirty pages (ops.c, drfs_lseek) */
 	int handle_type;           /* valid when fd < 0; protected by fs->lock */
 	unsigned int handle_bytes;
 	unsigned char handle[INODE_HANDLE_MAX];

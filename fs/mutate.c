@@ -835,16 +835,18 @@ static ssize_t first_link(struct drfs_fs *fs, struct mutation *m)
 		goto fail;
 
 	/* the data, extent by extent and at most a record's worth at a time: holes stay holes */
-	for (off_t pos = 0, hole = 0; pos < st.st_size; pos += n) {
+	for (uint64_t pos = 0, hole = 0, size = (uint64_t)st.st_size; pos < size; pos += (uint64_t)n) {
 		if (pos == hole) {
-			if ((pos = lseek(fd, pos, SEEK_DATA)) < 0 && errno == ENXIO)
+			int more = file_extent_next(fd, pos, size, &pos, &hole);
+
+			if (more == 1)
 				break;
-			if (pos < 0 || (hole = lseek(fd, pos, SEEK_HOLE)) < 0) {
-				ret = -errno;
+			if (more < 0) {
+				ret = more;
 				goto out;
 			}
 		}
-		n = pread(fd, buf, hole - pos < JREC_MAX_DATA ? (size_t)(hole - pos) : JREC_MAX_DATA, pos);
+		n = pread(fd, buf, hole - pos < JREC_MAX_DATA ? (size_t)(hole - pos) : JREC_MAX_DATA, (off_t)pos);
 		if (n <= 0) {
 			ret = n < 0 ? -errno : -EIO;
 			goto out;

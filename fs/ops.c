@@ -427,6 +427,27 @@ static void set_open_reply(struct fuse_file_info *fi, int fd)
 	fi->keep_cache = 1;
 }
 
+static bool can_write(int flags)
+{
+	return (flags & O_ACCMODE) != O_RDONLY;
+}
+
+/* A handle that can write was opened on IN (undone by writer_released). */
+static void writer_opened(struct drfs_inode *in, int flags)
+{
+	if (can_write(flags))
+		atomic_fetch_add(&in->writers, 1);
+}
+
+static void writer_released(struct drfs_inode *in, int flags)
+{
+	uint32_t n = atomic_load(&in->writers);
+
+	/* never below zero, should the node id have gone to another file meanwhile */
+	while (can_write(flags) && n && !atomic_compare_exchange_weak(&in->writers, &n, n - 1))
+		;
+}
+
 static void drfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
 			struct fuse_file_info *fi)
 {
@@ -464,9 +485,16 @@ static void drfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mod
 		fuse_reply_err(req, -ret);
 		return;
 	}
+	struct drfs_inode *in = inode_get(fs_of(req), e.ino);
+
+	if (in)
+		writer_opened(in, fi->flags);
 	set_open_reply(fi, (int)fd);
-	if (fuse_reply_create(req, &e, fi))
+	if (fuse_reply_create(req, &e, fi)) {
 		close((int)fd);
+		if (in)
+			writer_released(in, fi->flags);
+	}
 }
 
 static void drfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -502,9 +530,12 @@ static void drfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		}
 	}
 	atime_opened(fs_of(req), in, ino, fd, fi->flags);
+	writer_opened(in, fi->flags);
 	set_open_reply(fi, fd);
-	if (fuse_reply_open(req, fi))
+	if (fuse_reply_open(req, fi)) {
 		close(fd);
+		writer_released(in, fi->flags);
+	}
 }
 
 static void drfs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -558,8 +589,11 @@ static void drfs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t 
 
 static void drfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	(void)ino;
+	struct drfs_inode *in = inode_get(fs_of(req), ino);
+
 	close((int)fi->fh);
+	if (in)
+		writer_released(in, fi->flags);
 	fuse_reply_err(req, 0);
 }
 
@@ -621,20 +655,48 @@ static void drfs_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in
 		fuse_reply_write(req, (size_t)ret);
 }
 
+/*
+ * SEEK_DATA and SEEK_HOLE (the kernel does SEEK_SET, SEEK_CUR and SEEK_END
+ * itself) by the allocation map, as a snapshot reads the file; EINVAL while a
+ * handle that can write is open, since the kernel may hold written pages we
+ * have not been sent (docs/design.md "Holes").
+ */
 static void drfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		       struct fuse_file_info *fi)
 {
 	struct drfs_inode *in = node_or_reply(req, ino);
-	off_t r;
+	uint64_t ds, de;
+	struct stat st;
+	int ret;
 
 	if (!in)
 		return;
-	pending_wait(fs_of(req), in->ino, false);
-	r = lseek((int)fi->fh, off, whence);
-	if (r < 0)
-		fuse_reply_err(req, errno);
-	else
-		fuse_reply_lseek(req, r);
+	if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if (atomic_load(&in->writers)) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if ((ret = pending_wait(fs_of(req), in->ino, false)) ||
+	    (ret = fstat((int)fi->fh, &st) < 0 ? -errno : 0)) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	if (off < 0 || off >= st.st_size) {
+		fuse_reply_err(req, ENXIO);
+		return;
+	}
+	ret = file_extent_next((int)fi->fh, (uint64_t)off, (uint64_t)st.st_size, &ds, &de);
+	if (ret < 0)
+		fuse_reply_err(req, -ret);
+	else if (whence == SEEK_DATA && ret)
+		fuse_reply_err(req, ENXIO);
+	else if (whence == SEEK_DATA)
+		fuse_reply_lseek(req, (off_t)ds);
+	else   /* the hole is at OFF unless an extent covers it; the end of the file is one */
+		fuse_reply_lseek(req, ret || ds > (uint64_t)off ? off : (off_t)de);
 }
 
 /* Directory handles. */

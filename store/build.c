@@ -38,7 +38,6 @@
 #include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
-#include <linux/fiemap.h>
 #include <linux/fs.h>
 
 #include "../common/common.h"
@@ -835,89 +834,15 @@ static int chunk_region(struct builder *bd, int fd, struct tree_entry *e, uint32
 	}
 }
 
-/*
- * The first data extent of the file at FD at or after POS, below SIZE, from
- * its allocation map (docs/format.md "Chunking": every extent FIEMAP reports
- * is data, touching ones merge).  0 with [*DS, *DE); 1: none; -EOPNOTSUPP:
- * no FIEMAP here; -errno.
- */
-static int next_extent(int fd, uint64_t pos, uint64_t size, uint64_t *ds, uint64_t *de)
-{
-	struct {
-		struct fiemap fm;
-		struct fiemap_extent fe[32];
-	} q;
-	bool found = false;
-
-	for (uint64_t at = pos; at < size;) {
-		memset(&q.fm, 0, sizeof(q.fm));
-		q.fm.fm_start = at;
-		q.fm.fm_length = size - at;
-		q.fm.fm_extent_count = 32;
-		if (ioctl(fd, FS_IOC_FIEMAP, &q.fm))
-			return errno == ENOTTY || errno == EOPNOTSUPP ? -EOPNOTSUPP : -errno;
-		if (!q.fm.fm_mapped_extents)
-			break;
-		for (uint32_t i = 0; i < q.fm.fm_mapped_extents; i++) {
-			const struct fiemap_extent *x = &q.fe[i];
-			uint64_t s = x->fe_logical, e = x->fe_logical + x->fe_length;
-			if (e <= pos)
-				continue;
-			if (!found) {
-				*ds = s > pos ? s : pos;
-				*de = e;
-				found = true;
-			} else if (s > *de) {
-				goto done;            /* a hole after the extent */
-			} else if (e > *de) {
-				*de = e;
-			}
-			if (x->fe_flags & FIEMAP_EXTENT_LAST)
-				goto done;
-		}
-		if (!found || *de <= at)
-			break;
-		at = *de;
-	}
-done:
-	if (!found || *ds >= size)
-		return 1;
-	if (*de > size)
-		*de = size;
-	return 0;
-}
-
-/* Like next_extent, by SEEK_DATA and SEEK_HOLE (file systems without FIEMAP). */
-static int next_extent_seek(int fd, uint64_t pos, uint64_t size, uint64_t *ds, uint64_t *de)
-{
-	off_t s = lseek(fd, (off_t)pos, SEEK_DATA);
-
-	if (s < 0)
-		return errno == ENXIO ? 1 : -errno;
-	off_t e = lseek(fd, s, SEEK_HOLE);
-	if (e < 0)
-		return -errno;
-	if ((uint64_t)s >= size)
-		return 1;
-	*ds = (uint64_t)s;
-	*de = (uint64_t)e > size ? size : (uint64_t)e;
-	return 0;
-}
-
 /* Fills the chunk list of the regular file E from the file at FD. */
 static int build_file(struct builder *bd, int fd, struct tree_entry *e,
 		      const struct tree_entry *old, const struct dirty *d)
 {
 	uint32_t cap = 0;
 	uint64_t size = e->size, pos = 0, ds = 0, de = 0;
-	bool seek = false;
 
 	while (pos < size) {
-		int ret = seek ? -EOPNOTSUPP : next_extent(fd, pos, size, &ds, &de);
-		if (ret == -EOPNOTSUPP) {
-			seek = true;
-			ret = next_extent_seek(fd, pos, size, &ds, &de);
-		}
+		int ret = file_extent_next(fd, pos, size, &ds, &de);
 		if (ret < 0)
 			return ret;
 		if (ret)

@@ -71,7 +71,17 @@ static int cmd_seek(char **a)
 		report(NULL, -1);
 		return 0;
 	}
-	r = lseek(fd, atoll(a[2]), !strcmp(a[1], "data") ? SEEK_DATA : SEEK_HOLE);
+	/*
+	 * drfs answers EINVAL while a handle that can write is open, and the
+	 * kernel releases a closed one asynchronously: wait up to 2 s for the
+	 * release of the writer that came before (docs/design.md "Holes").
+	 */
+	for (int i = 0; i < 400; i++) {
+		r = lseek(fd, atoll(a[2]), !strcmp(a[1], "data") ? SEEK_DATA : SEEK_HOLE);
+		if (r >= 0 || errno != EINVAL)
+			break;
+		usleep(5000);
+	}
 	if (r < 0)
 		report(NULL, -1);
 	else

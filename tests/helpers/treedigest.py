@@ -11,10 +11,12 @@ usage: treedigest.py DIR [--skip NAME]... [--no-root-mtime] [--no-mtime]
 --no-mtime leaves every mtime out (a point-in-time restore sets the times
 the journal does not record to the time of the record).
 """
+import errno
 import hashlib
 import os
 import stat
 import sys
+import time
 
 
 def xattrs(path):
@@ -32,6 +34,20 @@ def xattrs(path):
     return ",".join(out)
 
 
+def seek(fd, pos, whence):
+    """lseek, waiting up to 2 s out the EINVAL a drfs mount gives while a
+    handle that can write the file is still open (the kernel releases a
+    closed one asynchronously; docs/design.md "Holes")."""
+    for _ in range(400):
+        try:
+            return os.lseek(fd, pos, whence)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            time.sleep(0.005)
+    return os.lseek(fd, pos, whence)
+
+
 def extents(path, size):
     """Data extents as start-end pairs (holes are the gaps)."""
     out = []
@@ -40,10 +56,10 @@ def extents(path, size):
         pos = 0
         while pos < size:
             try:
-                s = os.lseek(fd, pos, os.SEEK_DATA)
+                s = seek(fd, pos, os.SEEK_DATA)
             except OSError:
                 break
-            e = os.lseek(fd, s, os.SEEK_HOLE)
+            e = seek(fd, s, os.SEEK_HOLE)
             out.append("%d-%d" % (s, min(e, size)))
             pos = e
     finally:

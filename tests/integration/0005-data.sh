@@ -30,6 +30,43 @@ check_eq "SEEK_DATA past EOF" ENXIO "$("$FSOPS" seek sp data $((300 * 4096)))"
 check "sparse in the backing (few blocks)" [ "$(stat -c %b "$B/sp")" -le 64 ]
 check_eq "SEEK results equal the backing's" "$("$FSOPS" seek "$B/sp" data 0)" "$("$FSOPS" seek sp data 0)"
 
+# Holes by the allocation map, as a snapshot reads the file (docs/design.md
+# "Holes"): a preallocated range is data whether or not its pages are cached.
+check_eq "preallocate 64 KiB" ok "$("$FSOPS" fallocate pa 0 0 65536)"
+truncate -s 1M pa
+check_eq "a preallocated range is data to SEEK_DATA" 0 "$("$FSOPS" seek pa data 0)"
+check_eq "SEEK_HOLE finds its end" 65536 "$("$FSOPS" seek pa hole 0)"
+check_eq "no data after it" ENXIO "$("$FSOPS" seek pa data 65536)"
+
+# While a file is open for writing the kernel may hold written pages drfs has
+# not been sent: SEEK_DATA must never call them a hole, and cp (which seeks
+# for data) must copy them.
+seek_open() {
+	python3 - "$1" "$2" <<'PY'
+import errno, os, subprocess, sys
+path, copy = sys.argv[1], sys.argv[2]
+data = os.urandom(4096)
+w = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+os.pwrite(w, data, 1 << 20)
+r = os.open(path, os.O_RDONLY)
+try:
+    at = os.lseek(r, 0, os.SEEK_DATA)
+    verdict = "ok" if at <= 1 << 20 else "data seen at %d" % at
+except OSError as e:
+    verdict = "ok" if e.errno == errno.EINVAL else "SEEK_DATA: " + e.strerror
+subprocess.run(["cp", path, copy], check=True)
+with open(copy, "rb") as f:
+    got = f.read()
+if got != bytes(1 << 20) + data:
+    verdict += ", the copy differs"
+os.close(r)
+os.close(w)
+print(verdict)
+PY
+}
+check_eq "SEEK_DATA and cp while a writer holds unwritten-back pages" ok "$(seek_open dw "$T/dw.copy")"
+check_eq "after the writer closes, holes are exact again" $((1 << 20)) "$("$FSOPS" seek dw data 0)"
+
 # copy_file_range
 check_eq "copy_file_range" 4096 "$("$FSOPS" copy ph cp 0 4096 4096)"
 check "copied bytes" cmp -s <(head -c 4096 "$T/pat") <(dd if=cp bs=4096 skip=1 count=1 status=none)

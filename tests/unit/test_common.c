@@ -178,6 +178,43 @@ static void test_durable_write_failures(void **state)
 	close(dfd);
 }
 
+/*
+ * Data extents by the allocation map: a preallocated (unwritten) range is
+ * data, touching extents merge, holes are the gaps, nothing past SIZE.
+ */
+static void test_file_extents(void **state)
+{
+	char *path = path_join(tmpdir, "sparse");
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	char block[4096];
+	uint64_t ds = 0, de = 0;
+
+	(void)state;
+	memset(block, 'x', sizeof(block));
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite_all(fd, block, sizeof(block), 0), 0);
+	assert_int_equal(fallocate(fd, 0, 1 << 20, 65536), 0);
+	assert_int_equal(pwrite_all(fd, block, sizeof(block), (1 << 20) + 65536), 0);
+	assert_int_equal(ftruncate(fd, 4 << 20), 0);
+
+	assert_int_equal(file_extent_next(fd, 0, 4 << 20, &ds, &de), 0);
+	assert_int_equal(ds, 0);
+	assert_int_equal(de, 4096);
+	assert_int_equal(file_extent_next(fd, 2048, 4 << 20, &ds, &de), 0);
+	assert_int_equal(ds, 2048);
+	assert_int_equal(de, 4096);
+	/* the preallocated range and the block written after it: one extent */
+	assert_int_equal(file_extent_next(fd, 4096, 4 << 20, &ds, &de), 0);
+	assert_int_equal(ds, 1 << 20);
+	assert_int_equal(de, (1 << 20) + 65536 + 4096);
+	assert_int_equal(file_extent_next(fd, de, 4 << 20, &ds, &de), 1);
+	/* SIZE cuts an extent short */
+	assert_int_equal(file_extent_next(fd, 4096, (1 << 20) + 100, &ds, &de), 0);
+	assert_int_equal(de, (1 << 20) + 100);
+	close(fd);
+	free(path);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -187,6 +224,7 @@ int main(void)
 		cmocka_unit_test(test_parse_size),
 		cmocka_unit_test(test_kv),
 		cmocka_unit_test(test_durable_write_failures),
+		cmocka_unit_test(test_file_extents),
 	};
 	return cmocka_run_group_tests_name("common", tests, make_tmpdir, remove_tmpdir);
 }
