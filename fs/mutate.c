@@ -183,6 +183,14 @@ static int do_setattr(struct mutation *m, int pathfd)
 	}
 	if (valid & FUSE_SET_ATTR_SIZE) {
 		int r = m->fd >= 0 ? ftruncate(m->fd, m->attr.st_size) : truncate(path, m->attr.st_size);
+
+		/* open(O_RDONLY | O_TRUNC), which Linux honours: through a writable reopen */
+		if (r < 0 && errno == EINVAL && m->fd >= 0 && (fcntl(m->fd, F_GETFL) & O_ACCMODE) == O_RDONLY) {
+			char again[32];
+
+			proc_fd_path(again, m->fd);
+			r = truncate(again, m->attr.st_size);
+		}
 		if (r < 0)
 			return -errno;
 	}
