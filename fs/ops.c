@@ -432,19 +432,21 @@ static bool can_write(int flags)
 	return (flags & O_ACCMODE) != O_RDONLY;
 }
 
-/* A handle that can write was opened on IN (undone by writer_released). */
+/* A handle was opened on IN: counted when it can write (undone by writer_released). */
 static void writer_opened(struct drfs_inode *in, int flags)
 {
-	if (can_write(flags))
+	if (in && can_write(flags))
 		atomic_fetch_add(&in->writers, 1);
 }
 
-static void writer_released(struct drfs_inode *in, int flags)
+/* A handle of node INO was released; only one that can write needs its inode found. */
+static void writer_released(fuse_req_t req, fuse_ino_t ino, int flags)
 {
-	uint32_t n = atomic_load(&in->writers);
+	struct drfs_inode *in = can_write(flags) ? inode_get(fs_of(req), ino) : NULL;
+	uint32_t n = in ? atomic_load(&in->writers) : 0;
 
 	/* never below zero, should the node id have gone to another file meanwhile */
-	while (can_write(flags) && n && !atomic_compare_exchange_weak(&in->writers, &n, n - 1))
+	while (n && !atomic_compare_exchange_weak(&in->writers, &n, n - 1))
 		;
 }
 
@@ -485,15 +487,11 @@ static void drfs_create(fuse_req_t req, fuse_ino_t parent, const char *name, mod
 		fuse_reply_err(req, -ret);
 		return;
 	}
-	struct drfs_inode *in = inode_get(fs_of(req), e.ino);
-
-	if (in)
-		writer_opened(in, fi->flags);
+	writer_opened(can_write(fi->flags) ? inode_get(fs_of(req), e.ino) : NULL, fi->flags);
 	set_open_reply(fi, (int)fd);
 	if (fuse_reply_create(req, &e, fi)) {
 		close((int)fd);
-		if (in)
-			writer_released(in, fi->flags);
+		writer_released(req, e.ino, fi->flags);
 	}
 }
 
@@ -534,7 +532,7 @@ static void drfs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	set_open_reply(fi, fd);
 	if (fuse_reply_open(req, fi)) {
 		close(fd);
-		writer_released(in, fi->flags);
+		writer_released(req, ino, fi->flags);
 	}
 }
 
@@ -589,11 +587,8 @@ static void drfs_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t 
 
 static void drfs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct drfs_inode *in = inode_get(fs_of(req), ino);
-
 	close((int)fi->fh);
-	if (in)
-		writer_released(in, fi->flags);
+	writer_released(req, ino, fi->flags);
 	fuse_reply_err(req, 0);
 }
 
@@ -671,11 +666,7 @@ static void drfs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 
 	if (!in)
 		return;
-	if (whence != SEEK_DATA && whence != SEEK_HOLE) {
-		fuse_reply_err(req, EINVAL);
-		return;
-	}
-	if (atomic_load(&in->writers)) {
+	if ((whence != SEEK_DATA && whence != SEEK_HOLE) || atomic_load(&in->writers)) {
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
