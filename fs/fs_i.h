@@ -232,15 +232,28 @@ void times_show(struct drfs_fs *fs, struct stat *st);
 /* The kernel set INO's ctime to K (a SETATTR), now applied: AFTER is the backing's stat. */
 void times_kernel_ctime(struct drfs_fs *fs, uint64_t ino, const struct timespec *k,
 			const struct stat *after);
-/* A name of INO was removed (unlink, rename over it): its ctime is no longer kept. */
+/*
+ * The kernel's times for INO were applied without a stat of the backing
+ * file (the applier): the kernel's ctime K, or NULL when it sent none (the
+ * pair is dropped); MTIME as set (UTIME_OMIT: unchanged, NULL: unchanged).
+ */
+void times_kernel_applied(struct drfs_fs *fs, uint64_t ino, const struct timespec *k,
+			  const struct timespec *mtime);
+/*
+ * INO changed in a way drfs does not account for (a name removed or added,
+ * a rename, an xattr, a truncate, a chmod without the kernel's ctime): its
+ * ctime is no longer kept, and the backing ctime is shown.
+ */
 void times_forget(struct drfs_fs *fs, uint64_t ino);
 /*
- * Around applying data to regular file FD (WRITE, COPY, FALLOCATE): when
- * times_data_before() returns true, call times_data_after() once the data
- * is in; it puts BEFORE's mtime back and keeps the ctime the kernel shows.
+ * Around applying data to regular file FD, node INO (WRITE, COPY,
+ * FALLOCATE): when times_data_before() returns true, call
+ * times_data_after() with the same CACHED once the data is in; it puts
+ * BEFORE's mtime back and keeps the ctime the kernel shows.  CACHED: the
+ * mtime came from the table, not from a stat of FD (times.c).
  */
-bool times_data_before(struct drfs_fs *fs, int fd, struct stat *before);
-void times_data_after(struct drfs_fs *fs, uint64_t ino, int fd, const struct stat *before);
+bool times_data_before(struct drfs_fs *fs, uint64_t ino, int fd, struct stat *before, bool *cached);
+void times_data_after(struct drfs_fs *fs, uint64_t ino, int fd, const struct stat *before, bool cached);
 
 /* The FUSE operation table (ops.c). */
 extern const struct fuse_lowlevel_ops drfs_ops;

@@ -233,7 +233,8 @@ static ssize_t apply(struct drfs_fs *fs, struct mutation *m)
 	/* Data operations on an open file need no path fd; they keep the mtime (times.c). */
 	if (m->type == MUT_WRITE || m->type == MUT_FALLOCATE || m->type == MUT_COPY_RANGE) {
 		struct stat before;
-		bool keep = times_data_before(fs, m->fd, &before);
+		bool cached = false;
+		bool keep = m->node && times_data_before(fs, m->node->ino, m->fd, &before, &cached);
 		off_t in = m->src_offset, out = m->offset;
 
 		if (m->type == MUT_WRITE)
@@ -244,7 +245,7 @@ static ssize_t apply(struct drfs_fs *fs, struct mutation *m)
 			ret = copy_file_range(m->src_fd, &in, m->fd, &out, m->size, 0);
 		ret = ret < 0 ? -errno : ret;
 		if (keep)
-			times_data_after(fs, m->node->ino, m->fd, &before);
+			times_data_after(fs, m->node->ino, m->fd, &before, cached);
 		return ret;
 	}
 
@@ -593,8 +594,10 @@ static ssize_t setattr_now(struct drfs_fs *fs, struct mutation *m)
 	 * clear them (FUSE_HANDLE_KILLPRIV_V2).  The mode goes in the journal.
 	 */
 	bool ctime_only = !(m->valid & (others | FUSE_SET_ATTR_SIZE));
-	if (!(m->valid & others) && !ctime_only)
+	if (!(m->valid & others) && !ctime_only) {
+		times_forget(fs, m->node->ino);
 		return ret;   /* a size change alone: data_change journaled it */
+	}
 	fd = m->fd >= 0 ? m->fd : inode_fd(fs, m->node, O_PATH, &owned);
 	if (fd < 0)
 		return fd;
@@ -605,6 +608,8 @@ static ssize_t setattr_now(struct drfs_fs *fs, struct mutation *m)
 		return ret;
 	if (m->valid & FUSE_SET_ATTR_CTIME)
 		times_kernel_ctime(fs, m->node->ino, &m->attr.st_ctim, &st);
+	else
+		times_forget(fs, m->node->ino);
 	memset(&r, 0, sizeof(r));
 	r.type = JR_SETATTR;
 	r.fid = fs_fid(fs, m->node);
@@ -643,6 +648,7 @@ static ssize_t create_existing(struct drfs_fs *fs, struct mutation *m, int fd, b
 	tmp.gen = f.gen;
 	t.node = &tmp;
 	ret = data_change(fs, &t, &r, false);
+	times_forget(fs, f.ino);
 	if (ret >= 0)
 		return fd;
 fail:
@@ -745,6 +751,8 @@ static ssize_t journaled(struct drfs_fs *fs, struct mutation *m)
 	/* a name is gone: the kernel resends the ctime of what it still has links to */
 	if (victim.ino)
 		times_forget(fs, victim.ino);
+	if (moved.ino)
+		times_forget(fs, moved.ino);   /* a rename moves the backing ctime */
 
 	switch (m->type) {
 	case MUT_CREATE:
@@ -909,6 +917,21 @@ static bool anon_change(const struct mutation *m)
 		m->type == MUT_LINK);
 }
 
+/*
+ * The backing ctime of M's file moved in a way times.c does not follow: a
+ * new name, an xattr, or (ANY: a file without a name, whose changes are
+ * applied as they come) any change but data.
+ */
+static void forget_ctime(struct drfs_fs *fs, const struct mutation *m, ssize_t ret, bool any)
+{
+	bool data = m->type == MUT_WRITE || m->type == MUT_COPY_RANGE || m->type == MUT_FALLOCATE;
+
+	if (ret >= 0 && m->node &&
+	    (m->type == MUT_LINK || m->type == MUT_SETXATTR || m->type == MUT_REMOVEXATTR ||
+	     (any && !data)))
+		times_forget(fs, m->node->ino);
+}
+
 ssize_t fs_mutate(struct drfs_fs *fs, struct mutation *m)
 {
 	ssize_t ret;
@@ -933,6 +956,7 @@ ssize_t fs_mutate(struct drfs_fs *fs, struct mutation *m)
 				ret = apply(fs, m);
 			}
 			pthread_mutex_unlock(&fs->anon_lock);
+			forget_ctime(fs, m, ret, true);
 			return ret;
 		}
 		pthread_mutex_unlock(&fs->anon_lock);   /* linked meanwhile: journaled below */
@@ -942,5 +966,6 @@ ssize_t fs_mutate(struct drfs_fs *fs, struct mutation *m)
 	ret = journaled(fs, m);
 	journal_apply_end(fs->journal);
 	pthread_rwlock_unlock(&fs->freeze);
+	forget_ctime(fs, m, ret, false);
 	return ret;
 }

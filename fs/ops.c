@@ -16,7 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -125,14 +127,47 @@ static int stat_node(fuse_req_t req, struct drfs_inode *in, int fd, struct stat 
 	return fstat(fd, st) < 0 ? -errno : 0;
 }
 
+/*
+ * fstat of FD without its mtime and ctime (left zero).  Asking for either
+ * makes the file's next change take a fine-grained timestamp (times.c); a
+ * reply that shows the times the kernel just set does not need them.
+ */
+static int fstat_untimed(int fd, struct stat *st)
+{
+	struct statx sx;
+
+	if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_SYNC_AS_STAT,
+		  STATX_BASIC_STATS & ~(unsigned)(STATX_MTIME | STATX_CTIME), &sx) < 0)
+		return -errno;
+	memset(st, 0, sizeof(*st));
+	st->st_dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
+	st->st_ino = sx.stx_ino;
+	st->st_mode = sx.stx_mode;
+	st->st_nlink = sx.stx_nlink;
+	st->st_uid = sx.stx_uid;
+	st->st_gid = sx.stx_gid;
+	st->st_rdev = makedev(sx.stx_rdev_major, sx.stx_rdev_minor);
+	st->st_size = (off_t)sx.stx_size;
+	st->st_blksize = (blksize_t)sx.stx_blksize;
+	st->st_blocks = (blkcnt_t)sx.stx_blocks;
+	st->st_atim.tv_sec = sx.stx_atime.tv_sec;
+	st->st_atim.tv_nsec = sx.stx_atime.tv_nsec;
+	return 0;
+}
+
 /* Replies with IN's attributes; times set by M but not yet applied (M may be NULL) shown as set. */
 static void reply_attr(fuse_req_t req, struct drfs_inode *in, struct fuse_file_info *fi,
 		       const struct mutation *m)
 {
+	int fd = fi && fi->fh && !S_ISDIR(in->type) ? (int)fi->fh : -1;
 	struct stat st;
 	int ret;
 
-	ret = stat_node(req, in, fi && fi->fh && !S_ISDIR(in->type) ? (int)fi->fh : -1, &st);
+	if (fd >= 0 && m && m->times_deferred && (m->valid & FUSE_SET_ATTR_MTIME) &&
+	    (m->valid & FUSE_SET_ATTR_CTIME))
+		ret = fstat_untimed(fd, &st);   /* both are shown as set, below */
+	else
+		ret = stat_node(req, in, fd, &st);
 	if (ret) {
 		fuse_reply_err(req, -ret);
 		return;

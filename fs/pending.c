@@ -132,18 +132,18 @@ static void *applier(void *arg)
 
 			pthread_mutex_unlock(&p->lock);
 			if (!err && it->times) {
-				struct stat st;
-
+				/* no stat afterwards: times.c says why */
 				err = utimensat(it->fd, "", it->tv, AT_EMPTY_PATH) < 0 ? -errno : 0;
-				if (!err && it->has_ctime && fstat(it->fd, &st) == 0)
-					times_kernel_ctime(p->fs, it->ino, &it->ctime, &st);
+				if (!err)
+					times_kernel_applied(p->fs, it->ino, it->has_ctime ? &it->ctime : NULL,
+							     &it->tv[1]);
 			} else if (!err) {
 				struct stat before;
-				bool keep = times_data_before(p->fs, it->fd, &before);
+				bool cached, keep = times_data_before(p->fs, it->ino, it->fd, &before, &cached);
 
 				err = pwrite_all(it->fd, it->data, it->len, it->off);
 				if (keep)
-					times_data_after(p->fs, it->ino, it->fd, &before);
+					times_data_after(p->fs, it->ino, it->fd, &before, cached);
 			}
 			if (err && !jerr) {
 				/*

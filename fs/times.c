@@ -16,6 +16,16 @@
  * ctime: cannot be set.  Per regular file, the ctime the kernel shows (K)
  * and the backing ctime after drfs's last change (B); attribute replies show
  * K while the backing still has B.  Kept in STATE/ctimes across mounts.
+ *
+ * No stat between a change and the next: once a file's entry knows the
+ * mtime to put back (M), applying data or the kernel's times does not read
+ * the backing file's times, and B becomes "stale" (drfs changed the file
+ * since B was read; K stands) until STATE/ctimes is written.  A stat that
+ * asks for ctime, followed by a change of that file, makes the kernel take
+ * a fine-grained timestamp and raise the time every later change gets (the
+ * multigrain timestamps of Linux 6.13+); the journal's next write then
+ * dirties its segment's inode, and on ext4 without a journal every flush
+ * writes that inode's block too (docs/design.md, "Times: who keeps them").
  */
 #include <endian.h>
 #include <errno.h>
@@ -166,6 +176,9 @@ struct ct_ent {
 	struct ct_ent *next;
 	uint64_t ino;
 	struct timespec k, b;
+	struct timespec m;         /* the mtime a data apply puts back, when m_known */
+	bool b_stale;              /* drfs changed the file since B was read: K stands, B is unknown */
+	bool m_known;
 };
 
 struct ctimes {
@@ -194,28 +207,54 @@ static struct ct_ent *ct_find(struct ctimes *c, uint64_t ino)
 	return NULL;
 }
 
-/* Sets INO's pair to (K, B).  Caller holds c->lock. */
-static void ct_put(struct ctimes *c, uint64_t ino, const struct timespec *k, const struct timespec *b)
+/* INO's entry, made when missing (NULL when the table is full).  Caller holds c->lock. */
+static struct ct_ent *ct_get(struct ctimes *c, uint64_t ino)
 {
 	struct ct_ent *e = ct_find(c, ino);
 
-	if (!e) {
-		if (c->count >= CT_MAX) {
-			if (!c->full_said)
-				log_warn("change times of more than %u files tracked; files written from now on "
-					 "show the backing ctime after a remount", CT_MAX);
-			c->full_said = true;
+	if (e)
+		return e;
+	if (c->count >= CT_MAX) {
+		if (!c->full_said)
+			log_warn("change times of more than %u files tracked; files written from now on "
+				 "show the backing ctime after a remount", CT_MAX);
+		c->full_said = true;
+		return NULL;
+	}
+	if (!(e = calloc(1, sizeof(*e))))
+		return NULL;
+	e->ino = ino;
+	e->next = c->tab[ct_slot(ino)];
+	c->tab[ct_slot(ino)] = e;
+	c->count++;
+	return e;
+}
+
+/* Sets INO's pair to (K, B), B as read just now.  Returns the entry or NULL.  Caller holds c->lock. */
+static struct ct_ent *ct_put(struct ctimes *c, uint64_t ino, const struct timespec *k,
+			     const struct timespec *b)
+{
+	struct ct_ent *e = ct_get(c, ino);
+
+	if (e) {
+		e->k = *k;
+		e->b = *b;
+		e->b_stale = false;
+	}
+	return e;
+}
+
+/* Drops INO's entry.  Caller holds c->lock. */
+static void ct_drop(struct ctimes *c, uint64_t ino)
+{
+	for (struct ct_ent **pp = &c->tab[ct_slot(ino)]; *pp; pp = &(*pp)->next)
+		if ((*pp)->ino == ino) {
+			struct ct_ent *e = *pp;
+			*pp = e->next;
+			free(e);
+			c->count--;
 			return;
 		}
-		if (!(e = malloc(sizeof(*e))))
-			return;
-		e->ino = ino;
-		e->next = c->tab[ct_slot(ino)];
-		c->tab[ct_slot(ino)] = e;
-		c->count++;
-	}
-	e->k = *k;
-	e->b = *b;
 }
 
 static void put_le64(unsigned char *p, uint64_t v)
@@ -301,14 +340,47 @@ out:
 	free(path);
 }
 
+/*
+ * Reads the B of every entry whose B is stale, now that no change is on its
+ * way; an entry whose file cannot be reached (the kernel forgot it) is
+ * dropped, and after the remount that file shows its backing ctime.
+ */
+static void ct_resolve(struct drfs_fs *fs, struct ctimes *c)
+{
+	for (size_t i = 0; i < CT_BUCKETS; i++)
+		for (struct ct_ent **pp = &c->tab[i]; *pp;) {
+			struct ct_ent *e = *pp;
+			struct drfs_inode *in;
+			struct stat st;
+
+			if (!e->b_stale) {
+				pp = &e->next;
+				continue;
+			}
+			in = inode_get(fs, e->ino);
+			if (in && inode_stat(fs, in, &st) == 0 && (uint64_t)st.st_ino == e->ino &&
+			    S_ISREG(st.st_mode)) {
+				e->b = st.st_ctim;
+				e->b_stale = false;
+				pp = &e->next;
+				continue;
+			}
+			*pp = e->next;
+			free(e);
+			c->count--;
+		}
+}
+
 static void ct_save(struct drfs_fs *fs)
 {
 	struct ctimes *c = fs->ctimes;
-	size_t len = 20 + c->count * CT_ENTRY, at = 16;
+	size_t len, at = 16;
 	unsigned char *buf;
 	char *dir = (char *)fs->cfg.state_dir;
 	int dfd, ret;
 
+	ct_resolve(fs, c);
+	len = 20 + c->count * CT_ENTRY;
 	if (!dir || !(buf = malloc(len)))
 		return;
 	memcpy(buf, CT_MAGIC, 8);
@@ -370,7 +442,7 @@ void times_show(struct drfs_fs *fs, struct stat *st)
 		return;
 	pthread_mutex_lock(&c->lock);
 	e = ct_find(c, st->st_ino);
-	if (e && ts_eq(&e->b, &st->st_ctim))
+	if (e && (e->b_stale || ts_eq(&e->b, &st->st_ctim)))
 		st->st_ctim = e->k;
 	pthread_mutex_unlock(&c->lock);
 }
@@ -379,39 +451,75 @@ void times_kernel_ctime(struct drfs_fs *fs, uint64_t ino, const struct timespec 
 			const struct stat *after)
 {
 	struct ctimes *c = fs->ctimes;
+	struct ct_ent *e;
 
 	if (!c || !S_ISREG(after->st_mode))
 		return;
 	pthread_mutex_lock(&c->lock);
-	ct_put(c, ino, k, &after->st_ctim);
+	if ((e = ct_put(c, ino, k, &after->st_ctim))) {
+		e->m = after->st_mtim;
+		e->m_known = true;
+	}
+	pthread_mutex_unlock(&c->lock);
+}
+
+void times_kernel_applied(struct drfs_fs *fs, uint64_t ino, const struct timespec *k,
+			  const struct timespec *mtime)
+{
+	struct ctimes *c = fs->ctimes;
+	struct ct_ent *e;
+
+	if (!c)
+		return;
+	pthread_mutex_lock(&c->lock);
+	if (!k) {
+		ct_drop(c, ino);   /* the backing ctime moved, and no K stands for it */
+	} else if ((e = ct_get(c, ino))) {
+		e->k = *k;
+		e->b_stale = true;
+		if (mtime && mtime->tv_nsec == UTIME_NOW) {
+			e->m_known = false;
+		} else if (mtime && mtime->tv_nsec != UTIME_OMIT) {
+			e->m = *mtime;
+			e->m_known = true;
+		}
+	}
 	pthread_mutex_unlock(&c->lock);
 }
 
 void times_forget(struct drfs_fs *fs, uint64_t ino)
 {
 	struct ctimes *c = fs->ctimes;
-	struct ct_ent **pp;
 
 	if (!c)
 		return;
 	pthread_mutex_lock(&c->lock);
-	for (pp = &c->tab[ct_slot(ino)]; *pp; pp = &(*pp)->next)
-		if ((*pp)->ino == ino) {
-			struct ct_ent *e = *pp;
-			*pp = e->next;
-			free(e);
-			c->count--;
-			break;
-		}
+	ct_drop(c, ino);
 	pthread_mutex_unlock(&c->lock);
 }
 
-bool times_data_before(struct drfs_fs *fs, int fd, struct stat *before)
+bool times_data_before(struct drfs_fs *fs, uint64_t ino, int fd, struct stat *before, bool *cached)
 {
-	return fs->kernel_times && fstat(fd, before) == 0 && S_ISREG(before->st_mode);
+	struct ctimes *c = fs->ctimes;
+	struct ct_ent *e;
+
+	*cached = false;
+	if (!fs->kernel_times)
+		return false;
+	if (c) {
+		pthread_mutex_lock(&c->lock);
+		if ((e = ct_find(c, ino)) && e->m_known) {
+			before->st_mtim = e->m;
+			*cached = true;
+		}
+		pthread_mutex_unlock(&c->lock);
+		if (*cached)
+			return true;
+	}
+	return fstat(fd, before) == 0 && S_ISREG(before->st_mode);
 }
 
-void times_data_after(struct drfs_fs *fs, uint64_t ino, int fd, const struct stat *before)
+void times_data_after(struct drfs_fs *fs, uint64_t ino, int fd, const struct stat *before, bool cached)
 {
 	struct timespec tv[2] = { { .tv_nsec = UTIME_OMIT }, before->st_mtim };
 	struct ctimes *c = fs->ctimes;
@@ -419,14 +527,30 @@ void times_data_after(struct drfs_fs *fs, uint64_t ino, int fd, const struct sta
 	struct stat st;
 
 	/* best effort: a failure leaves the apply's own mtime, as before drfs kept it */
-	if (futimens(fd, tv) < 0 || !c || fstat(fd, &st) < 0)
+	if (futimens(fd, tv) < 0 || !c)
+		return;
+	if (cached) {
+		/* no stat: the kernel shows what it showed before this apply */
+		pthread_mutex_lock(&c->lock);
+		if ((e = ct_find(c, ino)))
+			e->b_stale = true;
+		pthread_mutex_unlock(&c->lock);
+		return;
+	}
+	if (fstat(fd, &st) < 0)
 		return;
 	pthread_mutex_lock(&c->lock);
 	e = ct_find(c, ino);
 	/* the kernel shows what it showed before this apply */
-	if (e && ts_eq(&e->b, &before->st_ctim))
+	if (e && (e->b_stale || ts_eq(&e->b, &before->st_ctim))) {
 		e->b = st.st_ctim;
-	else
-		ct_put(c, ino, &before->st_ctim, &st.st_ctim);
+		e->b_stale = false;
+	} else {
+		e = ct_put(c, ino, &before->st_ctim, &st.st_ctim);
+	}
+	if (e) {
+		e->m = before->st_mtim;
+		e->m_known = true;
+	}
 	pthread_mutex_unlock(&c->lock);
 }
