@@ -6,10 +6,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <linux/fs.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -282,6 +284,41 @@ int jseg_create(int dirfd, const char *name, uint32_t timeline, uint64_t first, 
 	return seg_write_new(dirfd, name, size, h);
 }
 
+/*
+ * mkdir(DIR) with its parent flagged, for that moment, as the top of a
+ * directory hierarchy (FS_TOPDIR_FL; ext2/3/4 only, elsewhere nothing
+ * changes): ext4 then places DIR, and the segments made in it, in a block
+ * group of its own.  A segment's inode otherwise shares its inode-table
+ * block with files of the tree, and on ext4 without a journal every
+ * fdatasync of the segment writes that block whenever one of them changed
+ * (docs/journal-design.md, "Appending and group commit").
+ */
+static int mkdir_spread(const char *dir)
+{
+	char *parent = strdup(dir), *slash;
+	int pfd = -1, flags = 0, ret;
+	bool set = false;
+
+	if (parent && (slash = strrchr(parent, '/'))) {
+		if (slash == parent)
+			slash[1] = 0;
+		else
+			*slash = 0;
+		pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	}
+	if (pfd >= 0 && ioctl(pfd, FS_IOC_GETFLAGS, &flags) == 0 && !(flags & FS_TOPDIR_FL)) {
+		int on = flags | FS_TOPDIR_FL;
+		set = ioctl(pfd, FS_IOC_SETFLAGS, &on) == 0;
+	}
+	ret = mkdir(dir, 0700) < 0 ? -errno : 0;
+	if (set)
+		ioctl(pfd, FS_IOC_SETFLAGS, &flags);
+	if (pfd >= 0)
+		close(pfd);
+	free(parent);
+	return ret;
+}
+
 int journal_create(const char *dir, uint64_t segment_size, uint64_t first_lsn)
 {
 	struct jsuper sb = { .timeline = JTIMELINE, .seq = 1, .segment_size = segment_size,
@@ -295,8 +332,8 @@ int journal_create(const char *dir, uint64_t segment_size, uint64_t first_lsn)
 		sb.segment_size = segment_size = JSEG_DEFAULT;
 	if (segment_size < JSEG_MIN || segment_size > JSEG_MAX || segment_size % 4096)
 		return -EINVAL;
-	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-		return -errno;
+	if ((ret = mkdir_spread(dir)) < 0 && ret != -EEXIST)
+		return ret;
 	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dfd < 0)
 		return -errno;

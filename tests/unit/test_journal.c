@@ -20,7 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -513,6 +516,46 @@ static void fresh_journal(const char *tag, char *jdir, char *tree)
 	assert_int_equal(journal_create(jdir, 4 << 20, 0), 0);
 }
 
+/*
+ * journal_create places the journal directory away from the tree around it:
+ * on ext4 its segments' inodes land in another block group, never in the
+ * inode-table block of a file made just before; the parent's flags are
+ * left as they were.
+ */
+static void test_journal_dir_placed(void **state)
+{
+	char parent[300], file[320], jdir[320], name[40], seg[400];
+	int before = 0, after = 0, pfd;
+	struct stat a, sg;
+	struct statfs sf;
+	bool flags;
+
+	(void)state;
+	snprintf(parent, sizeof(parent), "%s/placed", scratch);
+	snprintf(file, sizeof(file), "%s/a", parent);
+	snprintf(jdir, sizeof(jdir), "%s/journal", parent);
+	sh("rm -rf %s && mkdir -p %s && touch %s", parent, parent, file);
+	pfd = open(parent, O_RDONLY | O_DIRECTORY);
+	assert_true(pfd >= 0);
+	flags = ioctl(pfd, FS_IOC_GETFLAGS, &before) == 0;
+	assert_int_equal(journal_create(jdir, 4 << 20, 0), 0);
+	if (flags) {
+		assert_int_equal(ioctl(pfd, FS_IOC_GETFLAGS, &after), 0);
+		assert_int_equal(after, before);
+	}
+	close(pfd);
+	jseg_name(name, JTIMELINE, 0);
+	snprintf(seg, sizeof(seg), "%s/%s", jdir, name);
+	assert_int_equal(stat(file, &a), 0);
+	assert_int_equal(stat(seg, &sg), 0);
+	assert_int_equal(statfs(parent, &sf), 0);
+	if (sf.f_type == 0xEF53) {   /* ext2/3/4 */
+		uint64_t d = a.st_ino > sg.st_ino ? a.st_ino - sg.st_ino : sg.st_ino - a.st_ino;
+		assert_true(d >= 64);    /* 16-32 inodes per inode-table block */
+	}
+	sh("rm -rf %s", parent);
+}
+
 static struct journal *open_live(const char *jdir, const char *tree, unsigned fail_write,
 				 unsigned fail_flush, struct replay_result *rr)
 {
@@ -969,6 +1012,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_crc32c),
+		cmocka_unit_test(test_journal_dir_placed),
 		cmocka_unit_test(test_soft_hold),
 		cmocka_unit_test(test_signals),
 		cmocka_unit_test(test_roundtrip),
