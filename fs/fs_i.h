@@ -229,9 +229,21 @@ void times_release(struct drfs_fs *fs);
 void atime_opened(struct drfs_fs *fs, struct drfs_inode *inode, fuse_ino_t ino, int fd, int flags);
 /* Attributes about to go to the kernel: a regular file shows the kernel's ctime. */
 void times_show(struct drfs_fs *fs, struct stat *st);
-/* The kernel set INO's ctime to K (a SETATTR), now applied: AFTER is the backing's stat. */
+/*
+ * The kernel set INO's ctime to K (a SETATTR), now applied: AFTER is the
+ * backing's stat.  MTIME: the mtime it set, if it set one; else
+ * MTIME_MOVED says whether the backing mtime moved to an unknown time.
+ */
 void times_kernel_ctime(struct drfs_fs *fs, uint64_t ino, const struct timespec *k,
-			const struct stat *after);
+			const struct stat *after, const struct timespec *mtime, bool mtime_moved);
+/*
+ * The kernel no longer knows INO (FORGET) and nothing is pending on it: a
+ * stale B is read now through FD, while the file can still be reached
+ * (STATE/ctimes is written at unmount from the inode table).
+ */
+void times_settle(struct drfs_fs *fs, uint64_t ino, int fd);
+/* Whether INO's pair has a stale B (times_settle would read it). */
+bool times_stale(struct drfs_fs *fs, uint64_t ino);
 /*
  * The kernel's times for INO were applied without a stat of the backing
  * file (the applier): the kernel's ctime K, or NULL when it sent none (the

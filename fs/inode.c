@@ -460,8 +460,20 @@ void inode_forget(struct drfs_fs *fs, struct drfs_inode *inode, uint64_t n)
 		release = true;
 	}
 	pthread_mutex_unlock(&fs->lock);
-	if (release)
-		inode_free(inode);
+	if (!release)
+		return;
+	/* the last chance to read a stale ctime pair's B through the table (times.c) */
+	if (times_stale(fs, inode->ino) && !pending_busy(fs, inode->ino)) {
+		bool owned;
+		int fd = inode_fd(fs, inode, O_PATH, &owned);
+
+		if (fd >= 0) {
+			times_settle(fs, inode->ino, fd);
+			if (owned)
+				close(fd);
+		}
+	}
+	inode_free(inode);
 }
 
 /* INODE's handle, from the table or, for an inode kept by fd, from the kernel.  0 or -errno. */

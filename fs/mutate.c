@@ -585,8 +585,10 @@ static ssize_t setattr_now(struct drfs_fs *fs, struct mutation *m)
 	} else {
 		ret = apply(fs, m);
 	}
-	if (ret < 0)
+	if (ret < 0) {
+		times_forget(fs, m->node->ino);   /* a part may have been applied */
 		return ret;
+	}
 	/*
 	 * A SETATTR of nothing but ctime is applied as a no-op chown (see
 	 * do_setattr), which clears set-id bits as a chown does: what the
@@ -606,8 +608,16 @@ static ssize_t setattr_now(struct drfs_fs *fs, struct mutation *m)
 		close(fd);
 	if (ret)
 		return ret;
+	/*
+	 * The mtime a data apply puts back: the one set here; unknown after a
+	 * size change or "now" without one (the stat may have caught a pending
+	 * write's apply between its write and its restore); else unchanged.
+	 */
 	if (m->valid & FUSE_SET_ATTR_CTIME)
-		times_kernel_ctime(fs, m->node->ino, &m->attr.st_ctim, &st);
+		times_kernel_ctime(fs, m->node->ino, &m->attr.st_ctim, &st,
+				   (m->valid & FUSE_SET_ATTR_MTIME) && !(m->valid & FUSE_SET_ATTR_MTIME_NOW) ?
+				   &m->attr.st_mtim : NULL,
+				   (m->valid & (FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_MTIME)) != 0);
 	else
 		times_forget(fs, m->node->ino);
 	memset(&r, 0, sizeof(r));
@@ -683,6 +693,8 @@ static ssize_t record_made(struct drfs_fs *fs, struct mutation *m, int newfd)
 	}
 	if (ret)
 		return ret;
+	/* a new object may have the number of a file deleted a moment ago: not its times */
+	times_forget(fs, r.fid.ino);
 	stat_to_rec(&r, &st);
 	r.rdev = st.st_rdev;
 	if (m->type == MUT_SYMLINK)
@@ -940,8 +952,16 @@ ssize_t fs_mutate(struct drfs_fs *fs, struct mutation *m)
 	if ((m->dir && m->name && fs_is_hidden(fs, m->dir, m->name)) ||
 	    (m->newdir && m->newname && fs_is_hidden(fs, m->newdir, m->newname)))
 		return -EPERM;
-	if (!fs->journal || m->type == MUT_TMPFILE)
-		return apply(fs, m);
+	if (!fs->journal || m->type == MUT_TMPFILE) {
+		struct statx sx;
+
+		ret = apply(fs, m);
+		/* as for any new object (record_made); statx of the number alone reads no times */
+		if (m->type == MUT_TMPFILE && ret >= 0 &&
+		    statx((int)ret, "", AT_EMPTY_PATH, STATX_INO, &sx) == 0)
+			times_forget(fs, sx.stx_ino);
+		return ret;
+	}
 	if (anon_change(m)) {
 		pthread_mutex_lock(&fs->anon_lock);
 		if (atomic_load(&m->node->anon)) {

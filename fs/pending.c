@@ -102,6 +102,7 @@ static void *applier(void *arg)
 	pthread_mutex_lock(&p->lock);
 	for (;;) {
 		struct pend_item *last;
+		bool settle, done;
 		int jerr;
 
 		while (!p->head && !p->stop)
@@ -156,21 +157,32 @@ static void *applier(void *arg)
 					 it->times ? "new times" : "a write", (unsigned long long)it->ino);
 				journal_fail(j, err, what);
 			}
-			close(it->fd);
 			pthread_mutex_lock(&p->lock);
 			p->head = it->next;
 			if (!p->head)
 				p->tail = &p->head;
 			p->bytes -= it->len;
+			settle = false;
 			if ((e = ino_get(p, it->ino, false))) {
 				e->count--;
+				settle = !e->count;
 				if (err && !e->err)
 					e->err = err;
 				ino_put(p, e);
 			}
 			pthread_cond_broadcast(&p->done);
+			pthread_mutex_unlock(&p->lock);
+			/*
+			 * The last apply for a file the kernel has forgotten: its
+			 * stale ctime pair is settled now, while the fd reaches it.
+			 */
+			if (settle && times_stale(p->fs, it->ino) && !inode_get(p->fs, it->ino))
+				times_settle(p->fs, it->ino, it->fd);
+			close(it->fd);
+			done = it == last;
 			free(it);
-			if (it == last)
+			pthread_mutex_lock(&p->lock);
+			if (done)
 				break;
 		}
 	}

@@ -448,7 +448,7 @@ void times_show(struct drfs_fs *fs, struct stat *st)
 }
 
 void times_kernel_ctime(struct drfs_fs *fs, uint64_t ino, const struct timespec *k,
-			const struct stat *after)
+			const struct stat *after, const struct timespec *mtime, bool mtime_moved)
 {
 	struct ctimes *c = fs->ctimes;
 	struct ct_ent *e;
@@ -457,8 +457,42 @@ void times_kernel_ctime(struct drfs_fs *fs, uint64_t ino, const struct timespec 
 		return;
 	pthread_mutex_lock(&c->lock);
 	if ((e = ct_put(c, ino, k, &after->st_ctim))) {
-		e->m = after->st_mtim;
-		e->m_known = true;
+		if (mtime) {
+			e->m = *mtime;
+			e->m_known = true;
+		} else if (mtime_moved) {
+			e->m_known = false;
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+}
+
+bool times_stale(struct drfs_fs *fs, uint64_t ino)
+{
+	struct ctimes *c = fs->ctimes;
+	struct ct_ent *e;
+	bool stale;
+
+	if (!c)
+		return false;
+	pthread_mutex_lock(&c->lock);
+	stale = (e = ct_find(c, ino)) && e->b_stale;
+	pthread_mutex_unlock(&c->lock);
+	return stale;
+}
+
+void times_settle(struct drfs_fs *fs, uint64_t ino, int fd)
+{
+	struct ctimes *c = fs->ctimes;
+	struct ct_ent *e;
+	struct stat st;
+
+	if (!times_stale(fs, ino) || fstat(fd, &st) < 0 || (uint64_t)st.st_ino != ino)
+		return;
+	pthread_mutex_lock(&c->lock);
+	if ((e = ct_find(c, ino)) && e->b_stale) {
+		e->b = st.st_ctim;
+		e->b_stale = false;
 	}
 	pthread_mutex_unlock(&c->lock);
 }

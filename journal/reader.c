@@ -287,8 +287,9 @@ int jseg_create(int dirfd, const char *name, uint32_t timeline, uint64_t first, 
 /*
  * mkdir(DIR) with its parent flagged, for that moment, as the top of a
  * directory hierarchy (FS_TOPDIR_FL; ext2/3/4 only, elsewhere nothing
- * changes): ext4 then places DIR, and the segments made in it, in a block
- * group of its own.  A segment's inode otherwise shares its inode-table
+ * changes): ext4 then places DIR, and the segments made in it, as it places
+ * top-level directories, in another block group than the tree's files.  A
+ * segment's inode otherwise shares its inode-table
  * block with files of the tree, and on ext4 without a journal every
  * fdatasync of the segment writes that block whenever one of them changed
  * (docs/journal-design.md, "Appending and group commit").

@@ -438,8 +438,27 @@ static void test_times_kept(void **state)
 	/* a SETATTR of the kernel's ctime, applied */
 	assert_int_equal(fchmod(fd, 0600), 0);
 	assert_int_equal(fstat(fd, &st), 0);
-	times_kernel_ctime(&f->fs, (uint64_t)st.st_ino, &kernel, &st);
+	times_kernel_ctime(&f->fs, (uint64_t)st.st_ino, &kernel, &st, NULL, false);
 	assert_true(ts_equal(shown(f, fd).st_ctim, kernel));
+	/* the mtime kept for applies: as set, unchanged by a chmod, unknown after a size change */
+	times_kernel_ctime(&f->fs, ino, &kernel, &st, &old_mtime, true);
+	times_kernel_ctime(&f->fs, ino, &kernel, &st, NULL, false);
+	assert_true(times_data_before(&f->fs, ino, fd, &before, &cached));
+	assert_true(cached && ts_equal(before.st_mtim, old_mtime));
+	times_kernel_ctime(&f->fs, ino, &kernel, &st, NULL, true);
+	assert_true(times_data_before(&f->fs, ino, fd, &before, &cached));
+	assert_false(cached);
+	/* a stale B read through an fd (the kernel forgot the file) */
+	times_kernel_applied(&f->fs, ino, &kernel, NULL);
+	assert_true(times_stale(&f->fs, ino));
+	times_settle(&f->fs, ino, fd);
+	assert_false(times_stale(&f->fs, ino));
+	assert_true(ts_equal(shown(f, fd).st_ctim, kernel));
+	usleep(20000);
+	assert_int_equal(fchmod(fd, 0640), 0);      /* a change not followed: B no longer matches */
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_true(ts_equal(shown(f, fd).st_ctim, st.st_ctim));
+	times_kernel_ctime(&f->fs, ino, &kernel, &st, NULL, false);
 
 	/* across a remount */
 	times_release(&f->fs);
@@ -455,7 +474,7 @@ static void test_times_kept(void **state)
 	assert_true(ts_equal(shown(f, fd).st_ctim, st.st_ctim));
 
 	/* a damaged file is ignored */
-	times_kernel_ctime(&f->fs, (uint64_t)st.st_ino, &kernel, &st);
+	times_kernel_ctime(&f->fs, (uint64_t)st.st_ino, &kernel, &st, NULL, false);
 	times_release(&f->fs);
 	int cfd = open(path, O_RDWR);
 	assert_true(cfd >= 0);

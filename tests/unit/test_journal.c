@@ -525,35 +525,39 @@ static void fresh_journal(const char *tag, char *jdir, char *tree)
 static void test_journal_dir_placed(void **state)
 {
 	char parent[300], file[320], jdir[320], name[40], seg[400];
-	int before = 0, after = 0, pfd;
-	struct stat a, sg;
-	struct statfs sf;
-	bool flags;
+	bool apart = false, ext4 = false;
 
 	(void)state;
-	snprintf(parent, sizeof(parent), "%s/placed", scratch);
-	snprintf(file, sizeof(file), "%s/a", parent);
-	snprintf(jdir, sizeof(jdir), "%s/journal", parent);
-	sh("rm -rf %s && mkdir -p %s && touch %s", parent, parent, file);
-	pfd = open(parent, O_RDONLY | O_DIRECTORY);
-	assert_true(pfd >= 0);
-	flags = ioctl(pfd, FS_IOC_GETFLAGS, &before) == 0;
-	assert_int_equal(journal_create(jdir, 4 << 20, 0), 0);
-	if (flags) {
-		assert_int_equal(ioctl(pfd, FS_IOC_GETFLAGS, &after), 0);
-		assert_int_equal(after, before);
-	}
-	close(pfd);
 	jseg_name(name, JTIMELINE, 0);
-	snprintf(seg, sizeof(seg), "%s/%s", jdir, name);
-	assert_int_equal(stat(file, &a), 0);
-	assert_int_equal(stat(seg, &sg), 0);
-	assert_int_equal(statfs(parent, &sf), 0);
-	if (sf.f_type == 0xEF53) {   /* ext2/3/4 */
+	/* ext4 picks the group at random among roomy ones: the parent's own, rarely; three tries */
+	for (int i = 0; i < 3 && !apart; i++) {
+		int before = 0, after = 0, pfd;
+		struct stat a, sg;
+		struct statfs sf;
+
+		snprintf(parent, sizeof(parent), "%s/placed%d", scratch, i);
+		snprintf(file, sizeof(file), "%s/a", parent);
+		snprintf(jdir, sizeof(jdir), "%s/journal", parent);
+		sh("rm -rf %s && mkdir -p %s && touch %s", parent, parent, file);
+		pfd = open(parent, O_RDONLY | O_DIRECTORY);
+		assert_true(pfd >= 0);
+		bool flags = ioctl(pfd, FS_IOC_GETFLAGS, &before) == 0;
+		assert_int_equal(journal_create(jdir, 4 << 20, 0), 0);
+		if (flags) {
+			assert_int_equal(ioctl(pfd, FS_IOC_GETFLAGS, &after), 0);
+			assert_int_equal(after, before);
+		}
+		close(pfd);
+		snprintf(seg, sizeof(seg), "%s/%s", jdir, name);
+		assert_int_equal(stat(file, &a), 0);
+		assert_int_equal(stat(seg, &sg), 0);
+		assert_int_equal(statfs(parent, &sf), 0);
+		ext4 = sf.f_type == 0xEF53;   /* ext2/3/4 */
 		uint64_t d = a.st_ino > sg.st_ino ? a.st_ino - sg.st_ino : sg.st_ino - a.st_ino;
-		assert_true(d >= 64);    /* 16-32 inodes per inode-table block */
+		apart = !ext4 || d >= 64;     /* 16-32 inodes per inode-table block */
+		sh("rm -rf %s", parent);
 	}
-	sh("rm -rf %s", parent);
+	assert_true(apart);
 }
 
 static struct journal *open_live(const char *jdir, const char *tree, unsigned fail_write,
