@@ -487,6 +487,63 @@ static void test_times_kept(void **state)
 }
 
 /*
+ * A file made by drfs does not inherit the ctime pair of a deleted file
+ * whose inode number it got: the pair, stale since the deleted file's last
+ * apply, would show that file's ctime for the new one.
+ */
+static void test_times_reused_number(void **state)
+{
+	struct fixture *f = *state;
+	struct journal_config cfg = { .checkpoint_interval_ms = 100000 };
+	const struct timespec kernel = { 1500000000, 42 };
+	char jdir[128], dead[160];
+	int attempt;
+
+	snprintf(jdir, sizeof(jdir), "%s.journal", f->dir);
+	assert_int_equal(journal_create(jdir, 4 << 20, 0), 0);
+	cfg.dir = jdir;
+	cfg.backing_fd = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	assert_int_equal(journal_open(&cfg, &f->fs.journal, NULL), 0);
+	assert_int_equal(journal_start(f->fs.journal), 0);
+	times_start(&f->fs, true);
+	snprintf(dead, sizeof(dead), "%s/dead", f->dir);
+	for (attempt = 0; attempt < 50; attempt++) {
+		struct mutation c = { .type = MUT_CREATE, .dir = f->fs.root, .name = "born",
+				      .mode = 0644, .open_flags = O_RDWR };
+		struct stat st, bst;
+		int fd = open(dead, O_CREAT | O_RDWR, 0644);
+		ssize_t nfd;
+
+		assert_true(fd >= 0);
+		assert_int_equal(fstat(fd, &st), 0);
+		close(fd);
+		times_kernel_applied(&f->fs, (uint64_t)st.st_ino, &kernel, NULL);
+		assert_true(times_stale(&f->fs, (uint64_t)st.st_ino));
+		assert_int_equal(unlink(dead), 0);
+		nfd = fs_mutate(&f->fs, &c);
+		assert_true(nfd >= 0);
+		assert_int_equal(fstat((int)nfd, &bst), 0);
+		if (bst.st_ino == st.st_ino) {
+			assert_false(times_stale(&f->fs, (uint64_t)bst.st_ino));
+			assert_true(ts_equal(shown(f, (int)nfd).st_ctim, bst.st_ctim));
+			close((int)nfd);
+			break;
+		}
+		times_forget(&f->fs, (uint64_t)st.st_ino);
+		close((int)nfd);
+		snprintf(dead, sizeof(dead), "%s/born", f->dir);
+		assert_int_equal(unlink(dead), 0);
+		snprintf(dead, sizeof(dead), "%s/dead", f->dir);
+	}
+	times_release(&f->fs);
+	assert_int_equal(journal_close(f->fs.journal), 0);
+	f->fs.journal = NULL;
+	close(cfg.backing_fd);
+	if (attempt == 50)
+		skip(); /* the backing filesystem did not reuse the number */
+}
+
+/*
  * O_TMPFILE with a journal: nothing is recorded while the file has no name;
  * its first link records CREATE, one WRITE per data extent (the hole left
  * out), its xattr and a SETATTR of size and times; later changes are
@@ -595,6 +652,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_inode_number_reuse, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reuse_for_fd_entry, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_times_kept, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_times_reused_number, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_tmpfile_first_link, setup, teardown),
 	};
 	return cmocka_run_group_tests_name("fs", tests, NULL, NULL);
