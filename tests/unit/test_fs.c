@@ -486,6 +486,17 @@ static void test_times_kept(void **state)
 	close(fd);
 }
 
+/* A fresh journal beside the fixture's tree, started, as f->fs.journal. */
+static void start_journal(struct fixture *f, struct journal_config *cfg, char *jdir, size_t len)
+{
+	snprintf(jdir, len, "%s.journal", f->dir);
+	assert_int_equal(journal_create(jdir, 4 << 20, 0), 0);
+	cfg->dir = jdir;
+	cfg->backing_fd = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	assert_int_equal(journal_open(cfg, &f->fs.journal, NULL), 0);
+	assert_int_equal(journal_start(f->fs.journal), 0);
+}
+
 /*
  * A file made by drfs does not inherit the ctime pair of a deleted file
  * whose inode number it got: the pair, stale since the deleted file's last
@@ -499,12 +510,7 @@ static void test_times_reused_number(void **state)
 	char jdir[128], dead[160];
 	int attempt;
 
-	snprintf(jdir, sizeof(jdir), "%s.journal", f->dir);
-	assert_int_equal(journal_create(jdir, 4 << 20, 0), 0);
-	cfg.dir = jdir;
-	cfg.backing_fd = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	assert_int_equal(journal_open(&cfg, &f->fs.journal, NULL), 0);
-	assert_int_equal(journal_start(f->fs.journal), 0);
+	start_journal(f, &cfg, jdir, sizeof(jdir));
 	times_start(&f->fs, true);
 	snprintf(dead, sizeof(dead), "%s/dead", f->dir);
 	for (attempt = 0; attempt < 50; attempt++) {
@@ -560,12 +566,7 @@ static void test_tmpfile_first_link(void **state)
 	struct stat st;
 	struct jfid fid;
 
-	snprintf(jdir, sizeof(jdir), "%s.journal", f->dir);
-	assert_int_equal(journal_create(jdir, 4 << 20, 0), 0);
-	cfg.dir = jdir;
-	cfg.backing_fd = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	assert_int_equal(journal_open(&cfg, &f->fs.journal, NULL), 0);
-	assert_int_equal(journal_start(f->fs.journal), 0);
+	start_journal(f, &cfg, jdir, sizeof(jdir));
 
 	struct mutation c = { .type = MUT_TMPFILE, .dir = f->fs.root, .name = "/", .mode = 0600,
 			      .open_flags = O_RDWR };
