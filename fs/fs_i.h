@@ -239,7 +239,8 @@ void times_kernel_ctime(struct drfs_fs *fs, uint64_t ino, const struct timespec 
 /*
  * The kernel no longer knows INO (FORGET) and nothing is pending on it: a
  * stale B is read now through FD, while the file can still be reached
- * (STATE/ctimes is written at unmount from the inode table).
+ * (STATE/ctimes is written at unmount from the inode table).  Callers ask
+ * times_stale() first, which spares the fstat and the fd.
  */
 void times_settle(struct drfs_fs *fs, uint64_t ino, int fd);
 /* Whether INO's pair has a stale B (times_settle would read it). */
@@ -247,7 +248,9 @@ bool times_stale(struct drfs_fs *fs, uint64_t ino);
 /*
  * The kernel's times for INO were applied without a stat of the backing
  * file (the applier): the kernel's ctime K, or NULL when it sent none (the
- * pair is dropped); MTIME as set (UTIME_OMIT: unchanged, NULL: unchanged).
+ * pair is dropped); MTIME as set, an explicit time (UTIME_OMIT or NULL:
+ * unchanged; the applier's times are never "now", journal_setattr made
+ * them explicit).
  */
 void times_kernel_applied(struct drfs_fs *fs, uint64_t ino, const struct timespec *k,
 			  const struct timespec *mtime);

@@ -613,11 +613,12 @@ static ssize_t setattr_now(struct drfs_fs *fs, struct mutation *m)
 	 * size change or "now" without one (the stat may have caught a pending
 	 * write's apply between its write and its restore); else unchanged.
 	 */
+	bool mtime_set = (m->valid & FUSE_SET_ATTR_MTIME) && !(m->valid & FUSE_SET_ATTR_MTIME_NOW);
+	bool mtime_moved = (m->valid & (FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_MTIME)) != 0;
+
 	if (m->valid & FUSE_SET_ATTR_CTIME)
 		times_kernel_ctime(fs, m->node->ino, &m->attr.st_ctim, &st,
-				   (m->valid & FUSE_SET_ATTR_MTIME) && !(m->valid & FUSE_SET_ATTR_MTIME_NOW) ?
-				   &m->attr.st_mtim : NULL,
-				   (m->valid & (FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_MTIME)) != 0);
+				   mtime_set ? &m->attr.st_mtim : NULL, mtime_moved);
 	else
 		times_forget(fs, m->node->ino);
 	memset(&r, 0, sizeof(r));

@@ -244,15 +244,22 @@ static struct ct_ent *ct_put(struct ctimes *c, uint64_t ino, const struct timesp
 	return e;
 }
 
+/* Unlinks and frees the entry *PP points at.  Caller holds c->lock. */
+static void ct_unlink(struct ctimes *c, struct ct_ent **pp)
+{
+	struct ct_ent *e = *pp;
+
+	*pp = e->next;
+	free(e);
+	c->count--;
+}
+
 /* Drops INO's entry.  Caller holds c->lock. */
 static void ct_drop(struct ctimes *c, uint64_t ino)
 {
 	for (struct ct_ent **pp = &c->tab[ct_slot(ino)]; *pp; pp = &(*pp)->next)
 		if ((*pp)->ino == ino) {
-			struct ct_ent *e = *pp;
-			*pp = e->next;
-			free(e);
-			c->count--;
+			ct_unlink(c, pp);
 			return;
 		}
 }
@@ -353,21 +360,17 @@ static void ct_resolve(struct drfs_fs *fs, struct ctimes *c)
 			struct drfs_inode *in;
 			struct stat st;
 
-			if (!e->b_stale) {
-				pp = &e->next;
-				continue;
-			}
-			in = inode_get(fs, e->ino);
-			if (in && inode_stat(fs, in, &st) == 0 && (uint64_t)st.st_ino == e->ino &&
-			    S_ISREG(st.st_mode)) {
+			if (e->b_stale) {
+				in = inode_get(fs, e->ino);
+				if (!in || inode_stat(fs, in, &st) < 0 || (uint64_t)st.st_ino != e->ino ||
+				    !S_ISREG(st.st_mode)) {
+					ct_unlink(c, pp);
+					continue;
+				}
 				e->b = st.st_ctim;
 				e->b_stale = false;
-				pp = &e->next;
-				continue;
 			}
-			*pp = e->next;
-			free(e);
-			c->count--;
+			pp = &e->next;
 		}
 }
 
@@ -487,7 +490,7 @@ void times_settle(struct drfs_fs *fs, uint64_t ino, int fd)
 	struct ct_ent *e;
 	struct stat st;
 
-	if (!times_stale(fs, ino) || fstat(fd, &st) < 0 || (uint64_t)st.st_ino != ino)
+	if (!c || fstat(fd, &st) < 0 || (uint64_t)st.st_ino != ino)
 		return;
 	pthread_mutex_lock(&c->lock);
 	if ((e = ct_find(c, ino)) && e->b_stale) {
@@ -511,9 +514,7 @@ void times_kernel_applied(struct drfs_fs *fs, uint64_t ino, const struct timespe
 	} else if ((e = ct_get(c, ino))) {
 		e->k = *k;
 		e->b_stale = true;
-		if (mtime && mtime->tv_nsec == UTIME_NOW) {
-			e->m_known = false;
-		} else if (mtime && mtime->tv_nsec != UTIME_OMIT) {
+		if (mtime && mtime->tv_nsec != UTIME_OMIT) {
 			e->m = *mtime;
 			e->m_known = true;
 		}
